@@ -1,0 +1,337 @@
+"""Prune-then-graft tree builder (pure PyTorch, batched).
+
+One step, per request:
+
+1. **Score** every candidate on one scale, the estimated probability that verification reaches it:
+   a draft node's cumulative draft confidence; a retrieved node's trie path probability (times
+   ``retrieval_weight``) times the confidence of the draft node it hangs below (1 for the root).
+2. **Prune** draft nodes whose confidence is below ``threshold`` or below ``relative`` times the
+   request's best draft confidence. Pruned nodes are not dropped but demoted below every kept
+   node, so they only top up a budget that retrieval could not fill.
+3. **Graft** (trie merge): a candidate with the same token as an earlier sibling (same merged
+   parent) is merged into it, keeping the larger score and both source flags. Greedy verification
+   accepts the first matching child, so a duplicate sibling would be dead weight.
+4. **Select** exactly ``budget - 1`` nodes by score (ties: lower index first). Scores never grow
+   along a path and parents precede children, so the selection is ancestor-closed. If fewer
+   candidates exist, the tree is padded with a filler chain below the root (tokens that cannot
+   duplicate a sibling), keeping the width fixed for CUDA graphs and KV windows.
+5. **Emit** tokens, parents, scores, sources and the SGLang layout (``tree.layout``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import IntFlag
+
+import torch
+
+from graft_sglang.tree.draft import DraftCandidates
+from graft_sglang.tree.layout import TreeLayout, tree_layout
+from graft_sglang.tree.retrieved import RetrievedCandidates
+
+# Demoted (pruned) keys live in [-2, -1); padding is below everything.
+_PRUNED_OFFSET = 2.0
+_INVALID_KEY = -10.0
+
+
+class NodeSource(IntFlag):
+    """Where a tree node came from (flags: a merged node can be both)."""
+
+    ROOT = 0
+    DRAFT = 1
+    RETRIEVED = 2
+    FILLER = 4
+
+
+@dataclass(frozen=True)
+class GraftConfig:
+    """Settings of the tree builder.
+
+    budget:           N, nodes per tree including the root (fixed width handed to verify).
+    threshold:        absolute pruning threshold on cumulative draft confidence, in (0, 1];
+                      ``None`` disables it.
+    relative:         prune draft nodes below ``relative * best confidence``, in (0, 1]; ``None``
+                      disables it.
+    retrieval_weight: multiplier on retrieved path probabilities, in (0, 1] (calibration of
+                      retrieval frequencies against draft confidences).
+    top_up_pruned:    whether demoted draft nodes may fill slots retrieval left empty (a fixed
+                      width needs it; the ``pruned`` method of the offline engine does not).
+    vocab_size:       if set, every token id is checked to lie in ``[0, vocab_size)``.
+    """
+
+    budget: int = 32
+    threshold: float | None = 0.1
+    relative: float | None = None
+    retrieval_weight: float = 1.0
+    top_up_pruned: bool = True
+    vocab_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.budget < 2:
+            raise ValueError(f"budget must be >= 2 (root plus at least one node), got {self.budget}")
+        for name in ("threshold", "relative"):
+            value = getattr(self, name)
+            if value is not None and not (0.0 < value <= 1.0):
+                raise ValueError(f"{name} must be in (0, 1] or None, got {value}")
+        if not (0.0 < self.retrieval_weight <= 1.0):
+            raise ValueError(f"retrieval_weight must be in (0, 1], got {self.retrieval_weight}")
+        if self.vocab_size is not None and self.vocab_size < 1:
+            raise ValueError(f"vocab_size must be >= 1, got {self.vocab_size}")
+
+
+@dataclass(frozen=True)
+class GraftTree:
+    """A batch of verification trees of exactly N nodes (node 0 = root = last verified token).
+
+    tokens:  [bs, N] int64.
+    parents: [bs, N] int64 (``-1`` for the root, else a smaller index).
+    scores:  [bs, N] float32, estimated reach probability (root 1, filler 0).
+    source:  [bs, N] int64 ``NodeSource`` flags.
+    layout:  ancestors / depth / positions / retrieve_* (``tree.layout.TreeLayout``).
+    """
+
+    tokens: torch.Tensor
+    parents: torch.Tensor
+    scores: torch.Tensor
+    source: torch.Tensor
+    layout: TreeLayout
+
+    @property
+    def batch_size(self) -> int:
+        return self.tokens.shape[0]
+
+    @property
+    def budget(self) -> int:
+        return self.tokens.shape[1]
+
+    @property
+    def num_real(self) -> torch.Tensor:
+        """[bs] number of non-filler nodes (root included); fillers are always the last slots."""
+        return (self.source & NodeSource.FILLER == 0).sum(dim=1)
+
+
+def _check_tokens(name: str, tokens: torch.Tensor, vocab_size: int | None) -> None:
+    if tokens.numel() == 0 or vocab_size is None:
+        return
+    lo, hi = int(tokens.min()), int(tokens.max())
+    if lo < 0 or hi >= vocab_size:
+        raise ValueError(f"{name} has token ids in [{lo}, {hi}], outside [0, {vocab_size})")
+
+
+def _validate(
+    root_tokens: torch.Tensor,
+    seq_lens: torch.Tensor,
+    draft: DraftCandidates,
+    retrieved: RetrievedCandidates,
+    config: GraftConfig,
+) -> None:
+    bs = root_tokens.shape[0]
+    if root_tokens.dim() != 1:
+        raise ValueError(f"root_tokens must be [bs], got shape {tuple(root_tokens.shape)}")
+    if tuple(seq_lens.shape) != (bs,):
+        raise ValueError(f"seq_lens must be [{bs}], got shape {tuple(seq_lens.shape)}")
+    if draft.batch_size != bs or retrieved.batch_size != bs:
+        raise ValueError(
+            f"batch sizes differ: root_tokens {bs}, draft {draft.batch_size}, "
+            f"retrieved {retrieved.batch_size}"
+        )
+    for name, t in (
+        ("root_tokens", root_tokens), ("draft.tokens", draft.tokens),
+        ("retrieved.tokens", retrieved.tokens[retrieved.valid]),
+    ):
+        _check_tokens(name, t, config.vocab_size)
+    if draft.num_candidates:
+        s = draft.scores
+        if bool(torch.isnan(s).any()) or float(s.min()) < 0.0 or float(s.max()) > 1.0 + 1e-5:
+            raise ValueError("draft.scores must be cumulative probabilities in [0, 1] (no NaN)")
+        ar = torch.arange(draft.num_candidates, device=s.device)
+        if bool((draft.parents >= ar).any()) or bool((draft.parents < -1).any()):
+            raise ValueError("draft.parents must satisfy -1 <= parents[b, i] < i")
+    m, r = draft.num_candidates, retrieved.num_slots
+    if r:
+        own = m + torch.arange(r, device=retrieved.parents.device)
+        bad = retrieved.valid & ((retrieved.parents >= own) | (retrieved.parents < -1))
+        if bool(bad.any()):
+            raise ValueError("retrieved.parents must point at the root, a draft or an earlier slot")
+
+
+def _min_along_paths(key: torch.Tensor, parents: torch.Tensor) -> torch.Tensor:
+    """key[i] := min over i's ancestors-or-self (pointer doubling; parents [bs, C], -1 = root)."""
+    jump = parents
+    out = key
+    for _ in range(max(1, math.ceil(math.log2(max(2, key.shape[1]))) + 1)):
+        valid = jump >= 0
+        if not bool(valid.any()):
+            break
+        idx = jump.clamp(min=0)
+        out = torch.where(valid, torch.minimum(out, torch.gather(out, 1, idx)), out)
+        jump = torch.where(valid, torch.gather(jump, 1, idx), jump)
+    return out
+
+
+def _merge_duplicates(tokens: torch.Tensor, parents: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Canonical index of each candidate: the first one with the same merged parent and token.
+
+    tokens/parents/valid: [bs, C]. Returns canon [bs, C] int64 (``canon[i] <= i``). Iterates until
+    a fixed point (at most the tree depth), one batched sort per iteration.
+    """
+    bs, c = tokens.shape
+    device = tokens.device
+    ar = torch.arange(c, device=device).expand(bs, c)
+    canon = ar.clone()
+    span = int(tokens.max()) + 2 if tokens.numel() else 2
+    for _ in range(c + 1):
+        cparent = torch.where(parents >= 0, torch.gather(canon, 1, parents.clamp(min=0)), parents)
+        pair = (cparent + 1) * span + tokens
+        # Invalid candidates get unique keys so they never merge.
+        pair = torch.where(valid, pair, -1 - ar)
+        order = torch.sort(pair, dim=1, stable=True)
+        sorted_pair, sorted_idx = order.values, order.indices
+        starts = torch.ones_like(sorted_pair, dtype=torch.bool)
+        starts[:, 1:] = sorted_pair[:, 1:] != sorted_pair[:, :-1]
+        # Index of the group's first member, carried forward over the group.
+        group_first = torch.where(starts, sorted_idx, torch.zeros_like(sorted_idx))
+        group_id = torch.cumsum(starts.to(torch.int64), dim=1) - 1
+        firsts = torch.zeros_like(sorted_idx).scatter_reduce(
+            1, group_id, torch.where(starts, group_first, torch.full_like(group_first, c)),
+            reduce="amin", include_self=False,
+        )
+        new_canon = torch.empty_like(canon).scatter_(1, sorted_idx, torch.gather(firsts, 1, group_id))
+        if torch.equal(new_canon, canon):
+            break
+        canon = new_canon
+    return canon
+
+
+def build_graft_tree(
+    root_tokens: torch.Tensor,
+    seq_lens: torch.Tensor,
+    draft: DraftCandidates,
+    retrieved: RetrievedCandidates,
+    config: GraftConfig,
+) -> GraftTree:
+    """Build one step's verification trees.
+
+    root_tokens: [bs] int64, the last verified (bonus) token of each request: node 0.
+    seq_lens:    [bs] int64, tokens before the root (the root sits at position ``seq_lens``).
+    draft:       draft candidates (``DraftCandidates.empty`` for retrieval only).
+    retrieved:   retrieved candidates (``RetrievedCandidates.empty`` for draft only).
+    """
+    _validate(root_tokens, seq_lens, draft, retrieved, config)
+    bs, n = root_tokens.shape[0], config.budget
+    m = draft.num_candidates
+    device = root_tokens.device
+
+    # 1. One candidate pool, one score scale.
+    draft_scores = draft.scores.float().to(device)
+    anchor_scores = torch.where(
+        retrieved.anchors >= 0,
+        torch.gather(draft_scores, 1, retrieved.anchors.clamp(min=0))
+        if m else torch.ones_like(retrieved.path_probs),
+        torch.ones_like(retrieved.path_probs),
+    )
+    tokens = torch.cat([draft.tokens.to(device), retrieved.tokens], dim=1)
+    parents = torch.cat([draft.parents.to(device), retrieved.parents], dim=1)
+    scores = torch.cat(
+        [draft_scores, retrieved.path_probs * config.retrieval_weight * anchor_scores], dim=1
+    )
+    is_draft = torch.zeros_like(tokens, dtype=torch.bool)
+    is_draft[:, :m] = True
+    valid = torch.cat([torch.ones_like(draft.tokens, dtype=torch.bool), retrieved.valid], dim=1)
+    source = torch.where(
+        is_draft, torch.full_like(tokens, int(NodeSource.DRAFT)),
+        torch.full_like(tokens, int(NodeSource.RETRIEVED)),
+    )
+
+    # 2. Prune: demote low-confidence draft nodes (and whatever hangs below them).
+    pruned = torch.zeros_like(valid)
+    if m and config.threshold is not None:
+        pruned[:, :m] |= draft_scores < config.threshold
+    if m and config.relative is not None:
+        best = draft_scores.max(dim=1, keepdim=True).values
+        pruned[:, :m] |= draft_scores < config.relative * best
+    key = scores - _PRUNED_OFFSET * pruned.float()
+    key = torch.where(valid, key, torch.full_like(key, _INVALID_KEY))
+    key = _min_along_paths(key, parents)
+    if not config.top_up_pruned:
+        valid = valid & (key > -1.0)
+
+    # 3. Graft: merge duplicate siblings into their first occurrence.
+    canon = _merge_duplicates(tokens, parents, valid)
+    merged_key = torch.full_like(key, _INVALID_KEY).scatter_reduce(
+        1, canon, key, reduce="amax", include_self=True
+    )
+    merged_score = torch.zeros_like(scores).scatter_reduce(
+        1, canon, torch.where(valid, scores, torch.zeros_like(scores)), reduce="amax",
+        include_self=True,
+    )
+    merged_source = torch.zeros_like(source)
+    for flag in (NodeSource.DRAFT, NodeSource.RETRIEVED):  # bitwise OR over the group
+        has = torch.where(valid, source & int(flag), torch.zeros_like(source))
+        merged_source |= torch.zeros_like(source).scatter_reduce(
+            1, canon, has, reduce="amax", include_self=True
+        )
+    is_canon = (canon == torch.arange(canon.shape[1], device=device)) & valid
+    merged_key = torch.where(is_canon, merged_key, torch.full_like(merged_key, _INVALID_KEY * 2))
+
+    # 4. Select the best budget-1 canonical nodes, ancestor-closed by construction.
+    k_slots = n - 1
+    c = tokens.shape[1]
+    order = torch.sort(merged_key, dim=1, descending=True, stable=True).indices
+    # Column c is a never-available dummy that pads the pick when the pool is small.
+    avail = torch.cat([is_canon, torch.zeros(bs, 1, dtype=torch.bool, device=device)], dim=1)
+    if c < k_slots:
+        order = torch.cat([order, torch.full((bs, k_slots - c), c, device=device)], dim=1)
+    chosen = order[:, :k_slots]
+    chosen_ok = torch.gather(avail, 1, chosen)
+    # Topological (ascending) order; unavailable picks sort last.
+    sort_key = torch.where(chosen_ok, chosen, chosen + c + 1)
+    chosen = torch.gather(chosen, 1, torch.sort(sort_key, dim=1).indices)
+    chosen_ok = torch.sort(chosen_ok.to(torch.int8), dim=1, descending=True, stable=True).values.bool()
+
+    # 5. Slots: 0 = root, 1..k = chosen nodes, k+1.. = filler chain.
+    slot_of = torch.full((bs, c + 1), 0, dtype=torch.int64, device=device)  # pool idx -> slot
+    slot_vals = torch.arange(1, n, device=device).expand(bs, k_slots)
+    if c:
+        slot_of.scatter_(1, torch.where(chosen_ok, chosen, torch.full_like(chosen, c)), slot_vals)
+    chosen_safe = torch.where(chosen_ok, chosen, torch.zeros_like(chosen))
+    pool_parent = torch.gather(parents, 1, chosen_safe) if c else chosen_safe
+    canon_parent = torch.where(
+        pool_parent >= 0, torch.gather(canon, 1, pool_parent.clamp(min=0)) if c else pool_parent,
+        pool_parent,
+    )
+    slot_parent = torch.where(
+        canon_parent >= 0, torch.gather(slot_of, 1, canon_parent.clamp(min=0)),
+        torch.zeros_like(canon_parent),
+    )
+    out_tokens = torch.gather(tokens, 1, chosen_safe) if c else chosen_safe.clone()
+    out_scores = torch.gather(merged_score, 1, chosen_safe) if c else chosen_safe.float()
+    out_source = torch.gather(merged_source, 1, chosen_safe) if c else chosen_safe.clone()
+
+    # Filler chain: first filler below the root with the smallest token id no root child uses;
+    # every further filler is the only child of the previous one.
+    num_ok = chosen_ok.sum(dim=1, keepdim=True)
+    root_child = chosen_ok & (slot_parent == 0)
+    used = torch.zeros(bs, n + 1, dtype=torch.bool, device=device)
+    small = root_child & (out_tokens <= n)
+    used.scatter_(1, torch.where(small, out_tokens, torch.full_like(out_tokens, n)), small)
+    filler_token = torch.argmin(used[:, :n].to(torch.int8), dim=1, keepdim=True)
+    filler_token = torch.minimum(
+        filler_token, torch.full_like(filler_token, (config.vocab_size or n) - 1)
+    )
+    pos = torch.arange(k_slots, device=device).expand(bs, k_slots)
+    is_filler = ~chosen_ok
+    filler_parent = torch.where(pos == num_ok, torch.zeros_like(pos), pos)  # slot pos+1's parent
+    out_tokens = torch.where(is_filler, filler_token.expand_as(out_tokens), out_tokens)
+    slot_parent = torch.where(is_filler, filler_parent, slot_parent)
+    out_scores = torch.where(is_filler, torch.zeros_like(out_scores), out_scores)
+    out_source = torch.where(is_filler, torch.full_like(out_source, int(NodeSource.FILLER)), out_source)
+
+    root = root_tokens.to(torch.int64).unsqueeze(1)
+    all_tokens = torch.cat([root, out_tokens], dim=1)
+    all_parents = torch.cat([torch.full_like(root, -1), slot_parent], dim=1)
+    all_scores = torch.cat([torch.ones(bs, 1, device=device), out_scores.float()], dim=1)
+    all_source = torch.cat([torch.zeros_like(root), out_source], dim=1)
+    layout = tree_layout(all_parents, seq_lens.to(device))
+    return GraftTree(all_tokens, all_parents, all_scores, all_source, layout)

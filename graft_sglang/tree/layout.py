@@ -1,0 +1,129 @@
+"""Tree layout: from parent pointers to everything SGLang's verify path reads.
+
+Given ``parents [bs, N]`` (node 0 = root, ``parents[b, i] < i``) this computes, batched and on the
+tensors' device, the ancestor mask, depths, positions and the ``retrive_*`` links with the exact
+semantics of SGLang's ``build_tree_kernel_efficient`` / ``reconstruct_indices_from_tree_mask``:
+
+* ``retrieve_index[b, i] = b * N + i`` (a flat row of the verify logits);
+* ``retrieve_next_token[b, p]`` = the smallest child index of node ``p`` (``-1`` for a leaf);
+* ``retrieve_next_sibling[b, i]`` = the smallest ``k > i`` with the same parent (``-1`` if none);
+* ``positions[b, i] = seq_lens[b] + depth(i)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+import torch
+
+
+class TreeMaskMode(IntEnum):
+    """SGLang's ``TreeMaskMode`` (``kernels/ops/speculative/spec_tree.py``)."""
+
+    FULL_MASK = 0
+    QLEN_ONLY = 1
+    QLEN_ONLY_BITPACKING = 2
+
+
+@dataclass(frozen=True)
+class TreeLayout:
+    """Derived layout of a batch of trees of exactly N nodes.
+
+    ancestors:             [bs, N, N] bool, ``[b, i, j]`` = node j is an ancestor-or-self of i.
+    depth:                 [bs, N] int64 (root 0).
+    positions:             [bs, N] int64, ``seq_lens + depth``.
+    retrieve_index:        [bs, N] int64.
+    retrieve_next_token:   [bs, N] int64.
+    retrieve_next_sibling: [bs, N] int64.
+    """
+
+    ancestors: torch.Tensor
+    depth: torch.Tensor
+    positions: torch.Tensor
+    retrieve_index: torch.Tensor
+    retrieve_next_token: torch.Tensor
+    retrieve_next_sibling: torch.Tensor
+
+
+def ancestor_mask(parents: torch.Tensor) -> torch.Tensor:
+    """[bs, N] parents -> [bs, N, N] ancestor-or-self mask, by pointer doubling (log2 N steps)."""
+    bs, n = parents.shape
+    eye = torch.eye(n, dtype=torch.bool, device=parents.device).expand(bs, n, n)
+    root_safe = parents.clamp(min=0)
+    has_parent = parents >= 0
+    # anc holds ancestors within distance < 2^k; jump holds the 2^k-th ancestor (or -1).
+    anc = eye.clone()
+    anc |= torch.zeros_like(anc).scatter_(2, root_safe.unsqueeze(2), has_parent.unsqueeze(2))
+    jump = torch.where(has_parent, torch.gather(parents, 1, root_safe), parents)
+    span = 2
+    while span < n:
+        valid = jump >= 0
+        idx = jump.clamp(min=0)
+        gathered = torch.gather(anc, 1, idx.unsqueeze(2).expand(bs, n, n))
+        anc |= gathered & valid.unsqueeze(2)
+        jump = torch.where(valid, torch.gather(jump, 1, idx), jump)
+        span *= 2
+    return anc
+
+
+def tree_layout(parents: torch.Tensor, seq_lens: torch.Tensor) -> TreeLayout:
+    """Compute the layout of trees given by ``parents [bs, N]`` after ``seq_lens [bs]`` tokens."""
+    if parents.dim() != 2:
+        raise ValueError(f"parents must be [bs, N], got shape {tuple(parents.shape)}")
+    bs, n = parents.shape
+    if seq_lens.shape != (bs,):
+        raise ValueError(f"seq_lens must be [{bs}], got shape {tuple(seq_lens.shape)}")
+    device = parents.device
+    anc = ancestor_mask(parents)
+    depth = anc.sum(dim=2, dtype=torch.int64) - 1
+    positions = seq_lens.to(torch.int64).unsqueeze(1) + depth
+    ar = torch.arange(n, device=device)
+    retrieve_index = (torch.arange(bs, device=device).unsqueeze(1) * n + ar).to(torch.int64)
+    # child_of[b, p, c] = c is a child of p.
+    child_of = parents.unsqueeze(1) == ar.view(1, n, 1)
+    big = torch.full((), n, dtype=torch.int64, device=device)
+    cand = torch.where(child_of, ar.view(1, 1, n), big)
+    first_child = cand.min(dim=2).values
+    next_token = torch.where(first_child < n, first_child, torch.full_like(first_child, -1))
+    # sibling[b, i, k] = k > i and same parent (the root has none).
+    same_parent = (parents.unsqueeze(2) == parents.unsqueeze(1)) & (parents.unsqueeze(2) >= 0)
+    later = ar.view(1, 1, n) > ar.view(1, n, 1)
+    cand = torch.where(same_parent & later, ar.view(1, 1, n), big)
+    first_sib = cand.min(dim=2).values
+    next_sibling = torch.where(first_sib < n, first_sib, torch.full_like(first_sib, -1))
+    return TreeLayout(anc, depth, positions, retrieve_index, next_token, next_sibling)
+
+
+def tree_mask(
+    ancestors: torch.Tensor, seq_lens: torch.Tensor, mode: TreeMaskMode | int
+) -> torch.Tensor:
+    """Flattened custom attention mask in SGLang's layout for ``mode``.
+
+    FULL_MASK: per request ``[N, seq_len + N]`` row-major (prefix columns True), requests
+        concatenated: ``[sum(seq_lens) * N + bs * N * N]`` bool.
+    QLEN_ONLY: ``[bs * N * N]`` bool.
+    QLEN_ONLY_BITPACKING: ``[bs * N * W]`` uint8, ``W`` = 1/2/4 bytes for N <= 8/16/32; bit j of a
+        row (little endian) = node j is an ancestor-or-self of the row's node.
+    """
+    bs, n, _ = ancestors.shape
+    mode = TreeMaskMode(mode)
+    if mode == TreeMaskMode.QLEN_ONLY:
+        return ancestors.reshape(-1).clone()
+    if mode == TreeMaskMode.QLEN_ONLY_BITPACKING:
+        if n > 32:
+            raise ValueError(f"QLEN_ONLY_BITPACKING supports N <= 32, got N = {n}")
+        width = 4 if n > 16 else (2 if n > 8 else 1)
+        bits = torch.zeros(bs, n, width * 8, dtype=torch.uint8, device=ancestors.device)
+        bits[:, :, :n] = ancestors.to(torch.uint8)
+        weights = (2 ** torch.arange(8, device=ancestors.device)).to(torch.uint8)
+        packed = (bits.view(bs, n, width, 8) * weights).sum(dim=3, dtype=torch.int64)
+        return packed.to(torch.uint8).reshape(-1)
+    lens = [int(x) for x in seq_lens.tolist()]
+    parts = []
+    for b in range(bs):
+        prefix = torch.ones(n, lens[b], dtype=torch.bool, device=ancestors.device)
+        parts.append(torch.cat([prefix, ancestors[b]], dim=1).reshape(-1))
+    if not parts:
+        return torch.zeros(0, dtype=torch.bool, device=ancestors.device)
+    return torch.cat(parts)

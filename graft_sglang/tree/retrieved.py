@@ -1,0 +1,104 @@
+"""Retrieved candidates: tries from retrieval sources, packed into padded tensors.
+
+Index space shared with the draft: a step has ``M`` draft candidates (indices ``0..M-1``) followed
+by ``R`` retrieved slots (indices ``M..M+R-1``). A retrieved node hangs below the root (``-1``), a
+draft candidate, or an earlier retrieved node.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from graft_sglang.retrieval.base import Continuations
+
+
+@dataclass(frozen=True)
+class RetrievedCandidates:
+    """Retrieved nodes of one decoding step, padded to ``R`` per request.
+
+    tokens:     [bs, R] int64 (padding: 0).
+    parents:    [bs, R] int64 in the combined index space: ``-1`` root, ``0..M-1`` a draft
+                candidate, ``M + j`` retrieved slot ``j`` (``j`` < own slot).
+    anchors:    [bs, R] int64, the draft candidate (or ``-1`` = root) the node's trie hangs below.
+    path_probs: [bs, R] float32, product of the trie's edge probabilities from the anchor down to
+                the node (inclusive); the anchor's own draft confidence is multiplied in later.
+    valid:      [bs, R] bool, False for padding.
+    """
+
+    tokens: torch.Tensor
+    parents: torch.Tensor
+    anchors: torch.Tensor
+    path_probs: torch.Tensor
+    valid: torch.Tensor
+
+    @property
+    def batch_size(self) -> int:
+        return self.tokens.shape[0]
+
+    @property
+    def num_slots(self) -> int:
+        return self.tokens.shape[1]
+
+    @staticmethod
+    def empty(batch_size: int, device: torch.device | str = "cpu") -> RetrievedCandidates:
+        z = torch.zeros(batch_size, 0, dtype=torch.int64, device=device)
+        return RetrievedCandidates(
+            z, z.clone(), z.clone(), torch.zeros(batch_size, 0, device=device),
+            torch.zeros(batch_size, 0, dtype=torch.bool, device=device),
+        )
+
+
+AnchoredTries = Sequence[tuple[int, Continuations]]
+"""Per request: (anchor, trie) pairs, anchor = draft candidate index or -1 for the root."""
+
+
+def pack_retrieved(
+    per_request: Sequence[AnchoredTries],
+    num_draft: int,
+    max_slots: int,
+    device: torch.device | str = "cpu",
+) -> RetrievedCandidates:
+    """Pack each request's anchored tries into ``max_slots`` padded slots.
+
+    Tries are taken in the given order and cut at ``max_slots`` nodes per request; a node whose
+    parent was cut is dropped too, so every kept node's parent is kept.
+    """
+    if max_slots < 0:
+        raise ValueError(f"max_slots must be >= 0, got {max_slots}")
+    bs = len(per_request)
+    tokens = torch.zeros(bs, max_slots, dtype=torch.int64)
+    parents = torch.full((bs, max_slots), -1, dtype=torch.int64)
+    anchors = torch.full((bs, max_slots), -1, dtype=torch.int64)
+    probs = torch.zeros(bs, max_slots, dtype=torch.float32)
+    valid = torch.zeros(bs, max_slots, dtype=torch.bool)
+    for b, tries in enumerate(per_request):
+        n = 0
+        for anchor, trie in tries:
+            if not -1 <= anchor < num_draft:
+                raise ValueError(f"anchor {anchor} out of range [-1, {num_draft})")
+            slot_of: list[int] = []
+            path: list[float] = []
+            for tok, par, p in zip(trie.tokens, trie.parents, trie.probs):
+                if not 0.0 < p <= 1.0:
+                    raise ValueError(f"retrieved probability {p} outside (0, 1]")
+                parent_slot = -2 if par < 0 else slot_of[par]
+                if n >= max_slots or parent_slot == -1:  # no room, or parent was dropped
+                    slot_of.append(-1)
+                    path.append(0.0)
+                    continue
+                tokens[b, n] = tok
+                parents[b, n] = anchor if par < 0 else num_draft + parent_slot
+                anchors[b, n] = anchor
+                prob = p * (1.0 if par < 0 else path[par])
+                probs[b, n] = prob
+                valid[b, n] = True
+                slot_of.append(n)
+                path.append(prob)
+                n += 1
+    return RetrievedCandidates(
+        tokens.to(device), parents.to(device), anchors.to(device), probs.to(device),
+        valid.to(device),
+    )
