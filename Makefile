@@ -1,0 +1,28 @@
+# graft-sglang: every target sets up its own environment (scripts/make_venv.sh) on first use.
+SHELL := /bin/bash
+VENV = $(shell ./scripts/make_venv.sh)
+PY = $(VENV)/bin/python
+export HF_HUB_OFFLINE = 1
+export TOKENIZERS_PARALLELISM = false
+
+.PHONY: demo test lint bench venv clean
+
+venv:
+	@echo "venv: $(VENV)"
+
+demo:
+	$(PY) -m graft_sglang.engine.demo
+
+test:
+	@$(PY) -m ruff check graft_sglang tests bench kernels
+	@$(PY) -m pytest -q -p no:cacheprovider tests; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
+
+lint:
+	$(PY) -m ruff check graft_sglang tests bench kernels
+
+bench:
+	$(PY) -m bench.tree_build
+
+clean:
+	rm -rf build *.egg-info

@@ -1,0 +1,1 @@
+"""Offline speculative-decoding engine on Hugging Face transformers (demos and CPU benchmarks)."""

@@ -1,0 +1,1 @@
+"""Drafters for the offline engine, behind one small interface (``base.Drafter``)."""
