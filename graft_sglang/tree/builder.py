@@ -69,7 +69,7 @@ class GraftConfig:
 
     def __post_init__(self) -> None:
         if self.budget < 2:
-            raise ValueError(f"budget must be >= 2 (root plus at least one node), got {self.budget}")
+            raise ValueError(f"budget must be >= 2 (root plus one node), got {self.budget}")
         for name in ("threshold", "relative"):
             value = getattr(self, name)
             if value is not None and not (0.0 < value <= 1.0):
@@ -170,38 +170,79 @@ def _min_along_paths(key: torch.Tensor, parents: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _merge_duplicates(tokens: torch.Tensor, parents: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+def _merge_duplicates(
+    tokens: torch.Tensor, parents: torch.Tensor, valid: torch.Tensor
+) -> torch.Tensor:
     """Canonical index of each candidate: the first one with the same merged parent and token.
 
-    tokens/parents/valid: [bs, C]. Returns canon [bs, C] int64 (``canon[i] <= i``). Iterates until
-    a fixed point (at most the tree depth), one batched sort per iteration.
+    tokens/parents/valid: [bs, C]. Returns canon [bs, C] int64 (``canon[i] <= i``). Iterates to a
+    fixed point (one iteration per tree level), one batched stable sort per iteration.
     """
     bs, c = tokens.shape
-    device = tokens.device
-    ar = torch.arange(c, device=device).expand(bs, c)
+    ar = torch.arange(c, device=tokens.device).expand(bs, c)
     canon = ar.clone()
     span = int(tokens.max()) + 2 if tokens.numel() else 2
     for _ in range(c + 1):
         cparent = torch.where(parents >= 0, torch.gather(canon, 1, parents.clamp(min=0)), parents)
-        pair = (cparent + 1) * span + tokens
-        # Invalid candidates get unique keys so they never merge.
-        pair = torch.where(valid, pair, -1 - ar)
-        order = torch.sort(pair, dim=1, stable=True)
-        sorted_pair, sorted_idx = order.values, order.indices
+        # Invalid candidates get unique negative keys so they never merge.
+        pair = torch.where(valid, (cparent + 1) * span + tokens, -1 - ar)
+        sorted_pair, sorted_idx = torch.sort(pair, dim=1, stable=True)
         starts = torch.ones_like(sorted_pair, dtype=torch.bool)
         starts[:, 1:] = sorted_pair[:, 1:] != sorted_pair[:, :-1]
-        # Index of the group's first member, carried forward over the group.
-        group_first = torch.where(starts, sorted_idx, torch.zeros_like(sorted_idx))
-        group_id = torch.cumsum(starts.to(torch.int64), dim=1) - 1
-        firsts = torch.zeros_like(sorted_idx).scatter_reduce(
-            1, group_id, torch.where(starts, group_first, torch.full_like(group_first, c)),
-            reduce="amin", include_self=False,
-        )
-        new_canon = torch.empty_like(canon).scatter_(1, sorted_idx, torch.gather(firsts, 1, group_id))
+        # Stable sort: a group's first sorted entry is its smallest index.
+        start_pos = torch.cummax(torch.where(starts, ar, torch.zeros_like(ar)), dim=1).values
+        first = torch.gather(sorted_idx, 1, start_pos)
+        new_canon = torch.empty_like(canon).scatter_(1, sorted_idx, first)
         if torch.equal(new_canon, canon):
             break
         canon = new_canon
     return canon
+
+
+@dataclass(frozen=True)
+class _Pool:
+    """All candidates of a step: draft candidates then retrieved slots. Every field [bs, C]."""
+
+    tokens: torch.Tensor
+    parents: torch.Tensor
+    scores: torch.Tensor
+    source: torch.Tensor
+    valid: torch.Tensor
+    pruned: torch.Tensor
+
+
+def _candidate_pool(
+    draft: DraftCandidates, retrieved: RetrievedCandidates, config: GraftConfig,
+    device: torch.device,
+) -> _Pool:
+    """Steps 1-2: score every candidate on one scale and mark pruned draft nodes."""
+    m = draft.num_candidates
+    draft_scores = draft.scores.float().to(device)
+    ones = torch.ones_like(retrieved.path_probs)
+    anchor_scores = ones
+    if m:
+        anchor_scores = torch.where(
+            retrieved.anchors >= 0,
+            torch.gather(draft_scores, 1, retrieved.anchors.clamp(min=0)), ones,
+        )
+    retrieved_scores = retrieved.path_probs.float() * config.retrieval_weight * anchor_scores
+    source = torch.cat([
+        torch.full_like(draft.tokens, int(NodeSource.DRAFT)),
+        torch.full_like(retrieved.tokens, int(NodeSource.RETRIEVED)),
+    ], dim=1).to(device)
+    pruned = torch.zeros_like(draft_scores, dtype=torch.bool)
+    if m and config.threshold is not None:
+        pruned |= draft_scores < config.threshold
+    if m and config.relative is not None:
+        pruned |= draft_scores < config.relative * draft_scores.max(dim=1, keepdim=True).values
+    return _Pool(
+        tokens=torch.cat([draft.tokens.to(device), retrieved.tokens], dim=1),
+        parents=torch.cat([draft.parents.to(device), retrieved.parents], dim=1),
+        scores=torch.cat([draft_scores, retrieved_scores], dim=1),
+        source=source,
+        valid=torch.cat([torch.ones_like(pruned), retrieved.valid], dim=1),
+        pruned=torch.cat([pruned, torch.zeros_like(retrieved.valid)], dim=1),
+    )
 
 
 def build_graft_tree(
@@ -220,118 +261,103 @@ def build_graft_tree(
     """
     _validate(root_tokens, seq_lens, draft, retrieved, config)
     bs, n = root_tokens.shape[0], config.budget
-    m = draft.num_candidates
     device = root_tokens.device
+    pool = _candidate_pool(draft, retrieved, config, device)
+    c = pool.tokens.shape[1]
 
-    # 1. One candidate pool, one score scale.
-    draft_scores = draft.scores.float().to(device)
-    anchor_scores = torch.where(
-        retrieved.anchors >= 0,
-        torch.gather(draft_scores, 1, retrieved.anchors.clamp(min=0))
-        if m else torch.ones_like(retrieved.path_probs),
-        torch.ones_like(retrieved.path_probs),
-    )
-    tokens = torch.cat([draft.tokens.to(device), retrieved.tokens], dim=1)
-    parents = torch.cat([draft.parents.to(device), retrieved.parents], dim=1)
-    scores = torch.cat(
-        [draft_scores, retrieved.path_probs * config.retrieval_weight * anchor_scores], dim=1
-    )
-    is_draft = torch.zeros_like(tokens, dtype=torch.bool)
-    is_draft[:, :m] = True
-    valid = torch.cat([torch.ones_like(draft.tokens, dtype=torch.bool), retrieved.valid], dim=1)
-    source = torch.where(
-        is_draft, torch.full_like(tokens, int(NodeSource.DRAFT)),
-        torch.full_like(tokens, int(NodeSource.RETRIEVED)),
-    )
-
-    # 2. Prune: demote low-confidence draft nodes (and whatever hangs below them).
-    pruned = torch.zeros_like(valid)
-    if m and config.threshold is not None:
-        pruned[:, :m] |= draft_scores < config.threshold
-    if m and config.relative is not None:
-        best = draft_scores.max(dim=1, keepdim=True).values
-        pruned[:, :m] |= draft_scores < config.relative * best
-    key = scores - _PRUNED_OFFSET * pruned.float()
-    key = torch.where(valid, key, torch.full_like(key, _INVALID_KEY))
-    key = _min_along_paths(key, parents)
-    if not config.top_up_pruned:
-        valid = valid & (key > -1.0)
+    # Pruned nodes (and everything below them) rank after every kept node.
+    key = pool.scores - _PRUNED_OFFSET * pool.pruned.float()
+    key = _min_along_paths(torch.where(pool.valid, key, torch.full_like(key, _INVALID_KEY)),
+                           pool.parents)
+    valid = pool.valid if config.top_up_pruned else pool.valid & (key > -1.0)
 
     # 3. Graft: merge duplicate siblings into their first occurrence.
-    canon = _merge_duplicates(tokens, parents, valid)
+    canon = _merge_duplicates(pool.tokens, pool.parents, valid)
     merged_key = torch.full_like(key, _INVALID_KEY).scatter_reduce(
         1, canon, key, reduce="amax", include_self=True
     )
-    merged_score = torch.zeros_like(scores).scatter_reduce(
-        1, canon, torch.where(valid, scores, torch.zeros_like(scores)), reduce="amax",
-        include_self=True,
+    zero_f = torch.zeros_like(pool.scores)
+    merged_score = zero_f.scatter_reduce(
+        1, canon, torch.where(valid, pool.scores, zero_f), reduce="amax", include_self=True
     )
-    merged_source = torch.zeros_like(source)
-    for flag in (NodeSource.DRAFT, NodeSource.RETRIEVED):  # bitwise OR over the group
-        has = torch.where(valid, source & int(flag), torch.zeros_like(source))
-        merged_source |= torch.zeros_like(source).scatter_reduce(
+    merged_source = torch.zeros_like(pool.source)
+    for flag in (NodeSource.DRAFT, NodeSource.RETRIEVED):  # bitwise OR over each group
+        has = torch.where(valid, pool.source & int(flag), torch.zeros_like(pool.source))
+        merged_source |= torch.zeros_like(has).scatter_reduce(
             1, canon, has, reduce="amax", include_self=True
         )
-    is_canon = (canon == torch.arange(canon.shape[1], device=device)) & valid
-    merged_key = torch.where(is_canon, merged_key, torch.full_like(merged_key, _INVALID_KEY * 2))
+    is_canon = (canon == torch.arange(c, device=device)) & valid
 
-    # 4. Select the best budget-1 canonical nodes, ancestor-closed by construction.
+    # 4. Select the best budget-1 canonical nodes (ancestor-closed by construction), then put
+    # them in ascending pool order, which is topological.
     k_slots = n - 1
-    c = tokens.shape[1]
-    order = torch.sort(merged_key, dim=1, descending=True, stable=True).indices
-    # Column c is a never-available dummy that pads the pick when the pool is small.
-    avail = torch.cat([is_canon, torch.zeros(bs, 1, dtype=torch.bool, device=device)], dim=1)
-    if c < k_slots:
+    order = torch.sort(torch.where(is_canon, merged_key, torch.full_like(key, 2 * _INVALID_KEY)),
+                       dim=1, descending=True, stable=True).indices
+    if c < k_slots:  # column c is a never-available dummy
         order = torch.cat([order, torch.full((bs, k_slots - c), c, device=device)], dim=1)
     chosen = order[:, :k_slots]
+    avail = torch.cat([is_canon, torch.zeros(bs, 1, dtype=torch.bool, device=device)], dim=1)
     chosen_ok = torch.gather(avail, 1, chosen)
-    # Topological (ascending) order; unavailable picks sort last.
-    sort_key = torch.where(chosen_ok, chosen, chosen + c + 1)
-    chosen = torch.gather(chosen, 1, torch.sort(sort_key, dim=1).indices)
-    chosen_ok = torch.sort(chosen_ok.to(torch.int8), dim=1, descending=True, stable=True).values.bool()
+    chosen = torch.sort(torch.where(chosen_ok, chosen, chosen + c + 1), dim=1).values
+    chosen_ok = chosen <= c - 1
+    chosen = torch.where(chosen_ok, chosen, torch.zeros_like(chosen))
 
     # 5. Slots: 0 = root, 1..k = chosen nodes, k+1.. = filler chain.
-    slot_of = torch.full((bs, c + 1), 0, dtype=torch.int64, device=device)  # pool idx -> slot
-    slot_vals = torch.arange(1, n, device=device).expand(bs, k_slots)
+    slot_of = torch.zeros(bs, c + 1, dtype=torch.int64, device=device)  # pool index -> slot
+    slot_of.scatter_(1, torch.where(chosen_ok, chosen, torch.full_like(chosen, c)),
+                     torch.arange(1, n, device=device).expand(bs, k_slots))
+    slot_of[:, c] = 0
     if c:
-        slot_of.scatter_(1, torch.where(chosen_ok, chosen, torch.full_like(chosen, c)), slot_vals)
-    chosen_safe = torch.where(chosen_ok, chosen, torch.zeros_like(chosen))
-    pool_parent = torch.gather(parents, 1, chosen_safe) if c else chosen_safe
-    canon_parent = torch.where(
-        pool_parent >= 0, torch.gather(canon, 1, pool_parent.clamp(min=0)) if c else pool_parent,
-        pool_parent,
+        pool_parent = torch.gather(pool.parents, 1, chosen)
+        canon_parent = torch.gather(canon, 1, pool_parent.clamp(min=0))
+        slot_parent = torch.where(pool_parent >= 0, torch.gather(slot_of, 1, canon_parent),
+                                  torch.zeros_like(pool_parent))
+        out_tokens = torch.gather(pool.tokens, 1, chosen)
+        out_scores = torch.gather(merged_score, 1, chosen)
+        out_source = torch.gather(merged_source, 1, chosen)
+    else:
+        slot_parent = torch.zeros_like(chosen)
+        out_tokens = torch.zeros_like(chosen)
+        out_scores = torch.zeros(bs, k_slots, device=device)
+        out_source = torch.zeros_like(chosen)
+    out_tokens, slot_parent, out_scores, out_source = _fill(
+        chosen_ok, out_tokens, slot_parent, out_scores, out_source, config
     )
-    slot_parent = torch.where(
-        canon_parent >= 0, torch.gather(slot_of, 1, canon_parent.clamp(min=0)),
-        torch.zeros_like(canon_parent),
-    )
-    out_tokens = torch.gather(tokens, 1, chosen_safe) if c else chosen_safe.clone()
-    out_scores = torch.gather(merged_score, 1, chosen_safe) if c else chosen_safe.float()
-    out_source = torch.gather(merged_source, 1, chosen_safe) if c else chosen_safe.clone()
-
-    # Filler chain: first filler below the root with the smallest token id no root child uses;
-    # every further filler is the only child of the previous one.
-    num_ok = chosen_ok.sum(dim=1, keepdim=True)
-    root_child = chosen_ok & (slot_parent == 0)
-    used = torch.zeros(bs, n + 1, dtype=torch.bool, device=device)
-    small = root_child & (out_tokens <= n)
-    used.scatter_(1, torch.where(small, out_tokens, torch.full_like(out_tokens, n)), small)
-    filler_token = torch.argmin(used[:, :n].to(torch.int8), dim=1, keepdim=True)
-    filler_token = torch.minimum(
-        filler_token, torch.full_like(filler_token, (config.vocab_size or n) - 1)
-    )
-    pos = torch.arange(k_slots, device=device).expand(bs, k_slots)
-    is_filler = ~chosen_ok
-    filler_parent = torch.where(pos == num_ok, torch.zeros_like(pos), pos)  # slot pos+1's parent
-    out_tokens = torch.where(is_filler, filler_token.expand_as(out_tokens), out_tokens)
-    slot_parent = torch.where(is_filler, filler_parent, slot_parent)
-    out_scores = torch.where(is_filler, torch.zeros_like(out_scores), out_scores)
-    out_source = torch.where(is_filler, torch.full_like(out_source, int(NodeSource.FILLER)), out_source)
-
     root = root_tokens.to(torch.int64).unsqueeze(1)
-    all_tokens = torch.cat([root, out_tokens], dim=1)
-    all_parents = torch.cat([torch.full_like(root, -1), slot_parent], dim=1)
-    all_scores = torch.cat([torch.ones(bs, 1, device=device), out_scores.float()], dim=1)
-    all_source = torch.cat([torch.zeros_like(root), out_source], dim=1)
-    layout = tree_layout(all_parents, seq_lens.to(device))
-    return GraftTree(all_tokens, all_parents, all_scores, all_source, layout)
+    layout = tree_layout(torch.cat([torch.full_like(root, -1), slot_parent], dim=1),
+                         seq_lens.to(device))
+    return GraftTree(
+        tokens=torch.cat([root, out_tokens], dim=1),
+        parents=torch.cat([torch.full_like(root, -1), slot_parent], dim=1),
+        scores=torch.cat([torch.ones(bs, 1, device=device), out_scores.float()], dim=1),
+        source=torch.cat([torch.zeros_like(root), out_source], dim=1),
+        layout=layout,
+    )
+
+
+def _fill(
+    chosen_ok: torch.Tensor, tokens: torch.Tensor, parents: torch.Tensor, scores: torch.Tensor,
+    source: torch.Tensor, config: GraftConfig,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Replace unchosen slots [bs, N-1] by a filler chain below the root.
+
+    The first filler takes the smallest token id no root child uses (so it duplicates no sibling);
+    each further filler is the only child of the previous one.
+    """
+    bs, k_slots = tokens.shape
+    n = k_slots + 1
+    device = tokens.device
+    root_child = chosen_ok & (parents == 0) & (tokens < n)
+    used = torch.zeros(bs, n + 1, dtype=torch.bool, device=device)
+    used.scatter_(1, torch.where(root_child, tokens, torch.full_like(tokens, n)), root_child)
+    filler_token = torch.argmin(used[:, :n].to(torch.int8), dim=1, keepdim=True)
+    pos = torch.arange(k_slots, device=device).expand(bs, k_slots)
+    first_filler = chosen_ok.sum(dim=1, keepdim=True)
+    filler_parent = torch.where(pos == first_filler, torch.zeros_like(pos), pos)
+    is_filler = ~chosen_ok
+    return (
+        torch.where(is_filler, filler_token.expand_as(tokens), tokens),
+        torch.where(is_filler, filler_parent, parents),
+        torch.where(is_filler, torch.zeros_like(scores), scores),
+        torch.where(is_filler, torch.full_like(source, int(NodeSource.FILLER)), source),
+    )

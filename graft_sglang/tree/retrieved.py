@@ -81,7 +81,7 @@ def pack_retrieved(
                 raise ValueError(f"anchor {anchor} out of range [-1, {num_draft})")
             slot_of: list[int] = []
             path: list[float] = []
-            for tok, par, p in zip(trie.tokens, trie.parents, trie.probs):
+            for tok, par, p in zip(trie.tokens, trie.parents, trie.probs, strict=True):
                 if not 0.0 < p <= 1.0:
                     raise ValueError(f"retrieved probability {p} outside (0, 1]")
                 parent_slot = -2 if par < 0 else slot_of[par]
