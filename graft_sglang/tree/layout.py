@@ -47,24 +47,20 @@ class TreeLayout:
 
 
 def ancestor_mask(parents: torch.Tensor) -> torch.Tensor:
-    """[bs, N] parents -> [bs, N, N] ancestor-or-self mask, by pointer doubling (log2 N steps)."""
+    """[bs, N] parents -> [bs, N, N] ancestor-or-self mask.
+
+    Repeated squaring of the reachability matrix: after k squarings it covers paths of up to
+    2^k edges, so log2(N) small batched matmuls suffice.
+    """
     bs, n = parents.shape
-    eye = torch.eye(n, dtype=torch.bool, device=parents.device).expand(bs, n, n)
-    root_safe = parents.clamp(min=0)
-    has_parent = parents >= 0
-    # anc holds ancestors within distance < 2^k; jump holds the 2^k-th ancestor (or -1).
-    anc = eye.clone()
-    anc |= torch.zeros_like(anc).scatter_(2, root_safe.unsqueeze(2), has_parent.unsqueeze(2))
-    jump = torch.where(has_parent, torch.gather(parents, 1, root_safe), parents)
-    span = 2
-    while span < n:
-        valid = jump >= 0
-        idx = jump.clamp(min=0)
-        gathered = torch.gather(anc, 1, idx.unsqueeze(2).expand(bs, n, n))
-        anc |= gathered & valid.unsqueeze(2)
-        jump = torch.where(valid, torch.gather(jump, 1, idx), jump)
+    reach = torch.eye(n, device=parents.device).repeat(bs, 1, 1)
+    own = torch.arange(n, device=parents.device).expand(bs, n)
+    reach.scatter_(2, torch.where(parents >= 0, parents, own).unsqueeze(2), 1.0)
+    span = 1
+    while span < n - 1:
+        reach = torch.bmm(reach, reach).clamp_(max=1.0)
         span *= 2
-    return anc
+    return reach > 0
 
 
 def tree_layout(parents: torch.Tensor, seq_lens: torch.Tensor) -> TreeLayout:
