@@ -202,10 +202,10 @@ def test_bad_inputs() -> None:
     with pytest.raises(ValueError, match=r"draft.tokens .*outside \[0, 10\)"):
         build_graft_tree(roots, lens, draft, empty, GraftConfig(budget=4, vocab_size=10))
     bad_scores = DraftCandidates(draft.tokens, draft.parents, draft.scores + 1.0)
-    with pytest.raises(ValueError, match="draft.scores"):
+    with pytest.raises(ValueError, match=r"draft\.scores"):
         build_graft_tree(roots, lens, bad_scores, empty, cfg)
     bad_parents = DraftCandidates(draft.tokens, draft.parents.flip(1), draft.scores)
-    with pytest.raises(ValueError, match="draft.parents"):
+    with pytest.raises(ValueError, match=r"draft\.parents"):
         build_graft_tree(roots, lens, bad_parents, empty, cfg)
     with pytest.raises(ValueError, match="tokens must be"):
         DraftCandidates(torch.zeros(3), torch.zeros(3), torch.zeros(3))

@@ -75,7 +75,7 @@ def test_greedy_lossless(tiny_lm: torch.nn.Module, budget: int, threshold: float
             truth = reference[done : done + 6]
             if truth:
                 cut = int(torch.randint(0, len(truth), (1,), generator=gen))
-                truth = truth[:cut] + [int(torch.randint(0, VOCAB, (1,), generator=gen))]
+                truth = [*truth[:cut], int(torch.randint(0, VOCAB, (1,), generator=gen))]
             noise = torch.randint(0, VOCAB, (4,), generator=gen).tolist()
             retrieved = pack_retrieved(
                 [[(-1, Continuations.chain(truth, [0.9] * len(truth))),

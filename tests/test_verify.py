@@ -1,4 +1,4 @@
-"""Reference verification: greedy walks exactly the target's path; sampling is distribution-exact."""
+"""Reference verification: greedy walks the target's path; sampling is distribution-exact."""
 
 from __future__ import annotations
 
