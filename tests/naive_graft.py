@@ -36,6 +36,8 @@ def naive_tree(
     f32 = np.float32
     dscores = [f32(x) for x in draft.scores[b].tolist()]
     best = max(dscores) if dscores else f32(0.0)
+    ranked = sorted(range(m), key=lambda i: (-dscores[i], i))
+    rank = {i: r for r, i in enumerate(ranked)}
     scores: list[np.float32] = []
     keys: list[np.float32] = []
     for i in range(len(tokens)):
@@ -43,7 +45,7 @@ def naive_tree(
             s = dscores[i]
             pruned = (config.threshold is not None and s < f32(config.threshold)) or (
                 config.relative is not None and s < f32(config.relative) * best
-            )
+            ) or (config.draft_quota is not None and rank[i] >= config.draft_quota)
         else:
             j = i - m
             anchor = int(retrieved.anchors[b, j])

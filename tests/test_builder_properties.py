@@ -35,6 +35,7 @@ def step_inputs(draw: st.DrawFn):
         budget=draw(st.integers(2, 24)),
         threshold=draw(st.one_of(st.none(), st.floats(0.01, 1.0))),
         relative=draw(st.one_of(st.none(), st.floats(0.05, 1.0))),
+        draft_quota=draw(st.one_of(st.none(), st.integers(0, 20))),
         retrieval_weight=draw(st.floats(0.05, 1.0)),
         top_up_pruned=draw(st.booleans()),
         vocab_size=VOCAB,
@@ -121,7 +122,8 @@ def test_pruning_keeps_the_most_confident(inputs) -> None:
         kept = {nd.path: nd for nd in naive_tree(b, draft, retrieved, config)}
         everything = naive_tree(b, draft, retrieved, GraftConfig(
             budget=10_000, threshold=config.threshold, relative=config.relative,
-            retrieval_weight=config.retrieval_weight, top_up_pruned=config.top_up_pruned,
+            draft_quota=config.draft_quota, retrieval_weight=config.retrieval_weight,
+            top_up_pruned=config.top_up_pruned,
         ))
         dropped = [nd for nd in everything if nd.path not in kept]
         kept_unpruned = [nd.key for nd in kept.values() if nd.key >= 0]
@@ -179,6 +181,7 @@ def test_worked_example() -> None:
         ({"threshold": 1.5}, "threshold"),
         ({"relative": -0.1}, "relative"),
         ({"retrieval_weight": 0.0}, "retrieval_weight"),
+        ({"draft_quota": -1}, "draft_quota"),
         ({"vocab_size": 0}, "vocab_size"),
     ],
 )

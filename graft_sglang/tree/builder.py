@@ -5,9 +5,10 @@ One step, per request:
 1. **Score** every candidate on one scale, the estimated probability that verification reaches it:
    a draft node's cumulative draft confidence; a retrieved node's trie path probability (times
    ``retrieval_weight``) times the confidence of the draft node it hangs below (1 for the root).
-2. **Prune** draft nodes whose confidence is below ``threshold`` or below ``relative`` times the
-   request's best draft confidence. Pruned nodes are not dropped but demoted below every kept
-   node, so they only top up a budget that retrieval could not fill.
+2. **Prune** draft nodes whose confidence is below ``threshold``, below ``relative`` times the
+   request's best draft confidence, or outside the ``draft_quota`` most confident. Pruned nodes
+   are not dropped but demoted below every kept node, so they only top up a budget that
+   retrieval could not fill.
 3. **Graft** (trie merge): a candidate with the same token as an earlier sibling (same merged
    parent) is merged into it, keeping the larger score and both source flags. Greedy verification
    accepts the first matching child, so a duplicate sibling would be dead weight.
@@ -53,6 +54,9 @@ class GraftConfig:
                       ``None`` disables it.
     relative:         prune draft nodes below ``relative * best confidence``, in (0, 1]; ``None``
                       disables it.
+    draft_quota:      prune all but the ``draft_quota`` most confident draft nodes (ties: lower
+                      index first), e.g. the paper's stage split (8 / 24 / 40 of K = 60);
+                      ``None`` disables it.
     retrieval_weight: multiplier on retrieved path probabilities, in (0, 1] (calibration of
                       retrieval frequencies against draft confidences).
     top_up_pruned:    whether demoted draft nodes may fill slots retrieval left empty (a fixed
@@ -63,6 +67,7 @@ class GraftConfig:
     budget: int = 32
     threshold: float | None = 0.1
     relative: float | None = None
+    draft_quota: int | None = None
     retrieval_weight: float = 1.0
     top_up_pruned: bool = True
     vocab_size: int | None = None
@@ -74,6 +79,8 @@ class GraftConfig:
             value = getattr(self, name)
             if value is not None and not (0.0 < value <= 1.0):
                 raise ValueError(f"{name} must be in (0, 1] or None, got {value}")
+        if self.draft_quota is not None and self.draft_quota < 0:
+            raise ValueError(f"draft_quota must be >= 0 or None, got {self.draft_quota}")
         if not (0.0 < self.retrieval_weight <= 1.0):
             raise ValueError(f"retrieval_weight must be in (0, 1], got {self.retrieval_weight}")
         if self.vocab_size is not None and self.vocab_size < 1:
@@ -235,6 +242,12 @@ def _candidate_pool(
         pruned |= draft_scores < config.threshold
     if m and config.relative is not None:
         pruned |= draft_scores < config.relative * draft_scores.max(dim=1, keepdim=True).values
+    if m and config.draft_quota is not None and config.draft_quota < m:
+        rank = torch.empty_like(draft.tokens).scatter_(
+            1, torch.sort(draft_scores, dim=1, descending=True, stable=True).indices,
+            torch.arange(m, device=device).expand_as(draft.tokens),
+        )
+        pruned |= rank >= config.draft_quota
     return _Pool(
         tokens=torch.cat([draft.tokens.to(device), retrieved.tokens], dim=1),
         parents=torch.cat([draft.parents.to(device), retrieved.parents], dim=1),
