@@ -212,3 +212,26 @@ def test_bad_inputs() -> None:
         build_graft_tree(roots, lens, bad_parents, empty, cfg)
     with pytest.raises(ValueError, match="tokens must be"):
         DraftCandidates(torch.zeros(3), torch.zeros(3), torch.zeros(3))
+
+
+def test_bad_retrieved() -> None:
+    from graft_sglang.retrieval.base import Continuations
+    from graft_sglang.tree.retrieved import pack_retrieved
+
+    z = torch.zeros(1, 3, dtype=torch.int64)
+    with pytest.raises(ValueError, match="anchors has shape"):
+        RetrievedCandidates(z, z, torch.zeros(1, 2, dtype=torch.int64), torch.ones(1, 3),
+                            torch.ones(1, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="path_probs"):
+        RetrievedCandidates(z, z, z, torch.full((1, 3), 2.0), torch.ones(1, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="outside"):
+        pack_retrieved([[(-1, Continuations.chain([1], [1.5]))]], 0, 4)
+    with pytest.raises(ValueError, match="anchor"):
+        pack_retrieved([[(3, Continuations.chain([1], [0.5]))]], 2, 4)
+    with pytest.raises(ValueError, match="max_slots"):
+        pack_retrieved([], 0, -1)
+    with pytest.raises(ValueError, match="parents"):
+        Continuations([1, 2], [-1, 1], [0.5, 0.5])
+    # Tries larger than the slots are cut, children of cut nodes too.
+    packed = pack_retrieved([[(-1, Continuations([1, 2, 3], [-1, -1, 1], [0.5] * 3))]], 0, 2)
+    assert packed.tokens.tolist() == [[1, 2]] and packed.valid.all()

@@ -34,6 +34,18 @@ class RetrievedCandidates:
     path_probs: torch.Tensor
     valid: torch.Tensor
 
+    def __post_init__(self) -> None:
+        shape = tuple(self.tokens.shape)
+        if self.tokens.dim() != 2:
+            raise ValueError(f"RetrievedCandidates.tokens must be [bs, R], got shape {shape}")
+        for name in ("parents", "anchors", "path_probs", "valid"):
+            other = tuple(getattr(self, name).shape)
+            if other != shape:
+                raise ValueError(f"RetrievedCandidates.{name} has shape {other}, tokens {shape}")
+        probs = self.path_probs[self.valid]
+        if probs.numel() and (float(probs.min()) <= 0.0 or float(probs.max()) > 1.0 + 1e-6):
+            raise ValueError("RetrievedCandidates.path_probs of valid slots must be in (0, 1]")
+
     @property
     def batch_size(self) -> int:
         return self.tokens.shape[0]
