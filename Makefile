@@ -14,12 +14,12 @@ demo:
 	$(PY) -m graft_sglang.engine.demo
 
 test:
-	@$(PY) -m ruff check graft_sglang tests bench kernels
+	@$(PY) -m ruff check .
 	@$(PY) -m pytest -q -p no:cacheprovider tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
 lint:
-	$(PY) -m ruff check graft_sglang tests bench kernels
+	$(PY) -m ruff check .
 
 bench:
 	$(PY) -m bench.tree_build
