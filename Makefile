@@ -3,6 +3,7 @@ SHELL := /bin/bash
 VENV = $(shell ./scripts/make_venv.sh)
 PY = $(VENV)/bin/python
 export HF_HUB_OFFLINE = 1
+export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 export TOKENIZERS_PARALLELISM = false
 
 .PHONY: demo test lint bench venv clean

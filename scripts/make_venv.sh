@@ -6,6 +6,7 @@
 # (about 3 minutes: torch 2.14.1 comes from this machine's disk, the rest from PyPI).
 # Override the location with GRAFT_VENV=/path.
 set -euo pipefail
+export PIP_DISABLE_PIP_VERSION_CHECK=1
 root="$(cd "$(dirname "$0")/.." && pwd)"
 hash="$(cat "$root"/requirements/*.txt "$root/scripts/make_venv.sh" | sha256sum | cut -c1-12)"
 venv="${GRAFT_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/graft-sglang/venv-$hash}"
@@ -19,8 +20,10 @@ if [ ! -f "$venv/.complete" ]; then
   $pip install -q -r "$root/requirements/runtime.txt" >&2
   $pip install -q -r "$root/requirements/sglang.txt" -c "$root/requirements/runtime.txt" >&2
   $pip install -q --no-deps -r "$root/requirements/nodeps.txt" >&2
+  # The package's metadata (its sglang.srt.plugins entry point). Code is taken from the clone
+  # that runs: the Makefile puts the repo root first on PYTHONPATH, so several clones can share
+  # one venv.
+  $pip install -q --no-deps --no-build-isolation -e "$root" >&2
   touch "$venv/.complete"
 fi
-# The package itself: editable, no deps, no build isolation (works offline, takes seconds).
-"$venv/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$root" >&2
 echo "$venv"
