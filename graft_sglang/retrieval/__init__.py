@@ -1,7 +1,9 @@
-"""Retrieval sources for Graft: text already seen, proposed as small tries of continuations."""
+"""Retrieval sources for Graft: text already seen, proposed as small tries of continuations.
+
+``suffix.SuffixRetriever`` (per-request + shared suffix matching, the default) and
+``successor.SuccessorTable`` (the paper's device-resident next-token table).
+"""
 
 from graft_sglang.retrieval.base import Continuations, RetrievalSource
-from graft_sglang.retrieval.successor import SuccessorTable
-from graft_sglang.retrieval.suffix import SuffixConfig, SuffixRetriever
 
-__all__ = ["Continuations", "RetrievalSource", "SuccessorTable", "SuffixConfig", "SuffixRetriever"]
+__all__ = ["Continuations", "RetrievalSource"]

@@ -81,11 +81,12 @@ def pack_retrieved(
     if max_slots < 0:
         raise ValueError(f"max_slots must be >= 0, got {max_slots}")
     bs = len(per_request)
-    tokens = torch.zeros(bs, max_slots, dtype=torch.int64)
-    parents = torch.full((bs, max_slots), -1, dtype=torch.int64)
-    anchors = torch.full((bs, max_slots), -1, dtype=torch.int64)
-    probs = torch.zeros(bs, max_slots, dtype=torch.float32)
-    valid = torch.zeros(bs, max_slots, dtype=torch.bool)
+    # Python lists first, one tensor per field at the end: element-wise tensor writes are slow.
+    tokens = [[0] * max_slots for _ in range(bs)]
+    parents = [[-1] * max_slots for _ in range(bs)]
+    anchors = [[-1] * max_slots for _ in range(bs)]
+    probs = [[0.0] * max_slots for _ in range(bs)]
+    valid = [[False] * max_slots for _ in range(bs)]
     for b, tries in enumerate(per_request):
         n = 0
         for anchor, trie in tries:
@@ -101,16 +102,21 @@ def pack_retrieved(
                     slot_of.append(-1)
                     path.append(0.0)
                     continue
-                tokens[b, n] = tok
-                parents[b, n] = anchor if par < 0 else num_draft + parent_slot
-                anchors[b, n] = anchor
                 prob = p * (1.0 if par < 0 else path[par])
-                probs[b, n] = prob
-                valid[b, n] = True
+                tokens[b][n] = tok
+                parents[b][n] = anchor if par < 0 else num_draft + parent_slot
+                anchors[b][n] = anchor
+                probs[b][n] = prob
+                valid[b][n] = True
                 slot_of.append(n)
                 path.append(prob)
                 n += 1
+    shape = (bs, max_slots)
+
+    def tensor(rows: list, dtype: torch.dtype) -> torch.Tensor:
+        return torch.tensor(rows, dtype=dtype, device=device).reshape(shape)
+
     return RetrievedCandidates(
-        tokens.to(device), parents.to(device), anchors.to(device), probs.to(device),
-        valid.to(device),
+        tensor(tokens, torch.int64), tensor(parents, torch.int64), tensor(anchors, torch.int64),
+        tensor(probs, torch.float32), tensor(valid, torch.bool),
     )
