@@ -106,15 +106,21 @@ class GraftProposer:
 
     def build(
         self, rids: Sequence[str], root_tokens: torch.Tensor, seq_lens: torch.Tensor,
-        draft: DraftCandidates,
+        draft: DraftCandidates, tries: list[list[tuple[int, Continuations]]] | None = None,
+        config: GraftConfig | None = None,
     ) -> GraftTree:
-        """root_tokens [bs], seq_lens [bs], draft [bs, M] -> trees of ``config.budget`` nodes."""
+        """root_tokens [bs], seq_lens [bs], draft [bs, M] -> trees of ``config.budget`` nodes.
+
+        ``tries`` (from ``retrieve``) may be passed in when the caller times retrieval apart;
+        ``config`` overrides the proposer's for this step (e.g. a stage's draft quota).
+        """
         if len(rids) != root_tokens.shape[0]:
             raise ValueError(f"{len(rids)} request ids for a batch of {root_tokens.shape[0]}")
-        tries = self.retrieve(rids, draft)
+        if tries is None:
+            tries = self.retrieve(rids, draft)
         retrieved = pack_retrieved(tries, draft.num_candidates, self.plan.max_slots,
                                    device=root_tokens.device)
-        return build_graft_tree(root_tokens, seq_lens, draft, retrieved, self.config)
+        return build_graft_tree(root_tokens, seq_lens, draft, retrieved, config or self.config)
 
     def start(self, rid: str, prompt: Sequence[int]) -> None:
         if self.retrieval is not None:

@@ -117,6 +117,15 @@ class GraftTree:
         """[bs] number of non-filler nodes (root included); fillers are always the last slots."""
         return (self.source & NodeSource.FILLER == 0).sum(dim=1)
 
+    def truncated(self, n: int) -> GraftTree:
+        """The first ``n`` nodes of every tree (a variable-size tree for engines that do not
+        need a fixed width); the layout is recomputed, so links never point past ``n``."""
+        if not 1 <= n <= self.budget:
+            raise ValueError(f"n must be in [1, {self.budget}], got {n}")
+        seq_lens = self.layout.positions[:, 0]
+        return GraftTree(self.tokens[:, :n], self.parents[:, :n], self.scores[:, :n],
+                         self.source[:, :n], tree_layout(self.parents[:, :n], seq_lens))
+
 
 def _check_tokens(name: str, tokens: torch.Tensor, vocab_size: int | None) -> None:
     if tokens.numel() == 0 or vocab_size is None:

@@ -8,6 +8,7 @@ last verification). This is exactly the information SGLang's EAGLE worker has at
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
@@ -36,11 +37,15 @@ class Drafter(Protocol):
             the accepted tokens except the bonus token (which becomes the next root).
         """
 
-    def propose(self, root_token: int, topk: int, depth: int) -> DraftCandidates:
-        """Expand the tree below ``root_token`` EAGLE-2 style (``from_eagle_draft_loop`` layout).
+    def propose(
+        self, root_token: int, topk: int, depth: int,
+        stop: Callable[[int, float], bool] | None = None,
+    ) -> DraftCandidates:
+        """Expand the tree below ``root_token`` EAGLE-2 style (``draft_loop.expand_eagle_tree``).
 
         Level 0: the ``topk`` best children of the root; each later level expands the ``topk``
         best nodes of the previous level by cumulative confidence into ``topk`` children each.
-        Returns candidates of shape [1, topk + (depth - 1) * topk**2].
+        ``stop(level, best_confidence)`` returning True ends drafting after that level.
+        Returns candidates of shape [1, topk + (levels - 1) * topk**2].
         """
         ...
