@@ -235,3 +235,17 @@ def test_bad_retrieved() -> None:
     # Tries larger than the slots are cut, children of cut nodes too.
     packed = pack_retrieved([[(-1, Continuations([1, 2, 3], [-1, -1, 1], [0.5] * 3))]], 0, 2)
     assert packed.tokens.tolist() == [[1, 2]] and packed.valid.all()
+
+
+def test_truncated_drops_fillers_and_relinks() -> None:
+    draft = DraftCandidates(torch.tensor([[5, 6]]), torch.tensor([[-1, -1]]),
+                            torch.tensor([[0.9, 0.8]]))
+    tree = build_graft_tree(torch.tensor([1]), torch.tensor([3]), draft,
+                            RetrievedCandidates.empty(1), GraftConfig(budget=6, threshold=None))
+    assert int(tree.num_real[0]) == 3
+    small = tree.truncated(3)
+    assert small.tokens.tolist() == [[1, 5, 6]]
+    assert small.layout.retrieve_next_sibling.tolist() == [[-1, 2, -1]]
+    assert tree.layout.retrieve_next_sibling[0, 2] == 3  # the filler was a sibling before
+    with pytest.raises(ValueError, match="n must be"):
+        tree.truncated(0)
