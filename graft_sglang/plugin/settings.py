@@ -1,0 +1,109 @@
+"""Graft's own settings in an SGLang server.
+
+SGLang has no per-plugin command-line flags (its arguments are a fixed ``msgspec`` struct), and
+every TP scheduler process re-reads its configuration, so Graft reads environment variables,
+the way SGLang's own ``SGLANG_*`` knobs work (``srt/environ.py``). They reach every subprocess.
+
+| variable | default | meaning |
+| --- | --- | --- |
+| ``SGLANG_GRAFT_THRESHOLD`` | 0.1 | prune below this cumulative confidence ("none": off) |
+| ``SGLANG_GRAFT_RELATIVE`` | none | prune below this fraction of the best confidence |
+| ``SGLANG_GRAFT_RETRIEVAL_WEIGHT`` | 1.0 | multiplier on retrieved path probabilities |
+| ``SGLANG_GRAFT_ROOT_NODES`` | N - 1 | retrieved trie size below the root (0 = no retrieval) |
+| ``SGLANG_GRAFT_DRAFT_ANCHORS`` | 1 | kept draft leaves that also get a retrieval query |
+| ``SGLANG_GRAFT_ANCHOR_NODES`` | N / 4 | retrieved trie size below each draft anchor |
+| ``SGLANG_GRAFT_SHARED_CAPACITY`` | 2**20 | shared corpus tokens (finished requests, radix cache) |
+| ``SGLANG_GRAFT_REQUEST_CAPACITY`` | 2**16 | tokens indexed per live request |
+| ``SGLANG_GRAFT_RADIX_FEED`` | 1 | mirror the radix cache's content into the shared corpus |
+| ``SGLANG_GRAFT_TP_BROADCAST`` | 0 | 1: broadcast each tree from TP rank 0 (see ``plugin/tp.py``) |
+| ``SGLANG_GRAFT_EAGLE3`` | auto | 1 / 0: the draft head is (not) EAGLE-3; auto: its config |
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from graft_sglang.proposer import RetrievalPlan
+from graft_sglang.retrieval.suffix import SuffixConfig
+from graft_sglang.tree.builder import GraftConfig
+
+PREFIX = "SGLANG_GRAFT_"
+
+
+def _number(env: Mapping[str, str], name: str, default: float | None, cast: type) -> float | None:
+    raw = env.get(PREFIX + name)
+    if raw is None or raw.strip() == "":
+        return default
+    if raw.strip().lower() == "none":
+        return None
+    try:
+        return cast(raw)
+    except ValueError:
+        raise ValueError(f"{PREFIX}{name}={raw!r} is not a valid {cast.__name__}") from None
+
+
+@dataclass(frozen=True)
+class GraftSettings:
+    """Everything Graft needs besides SGLang's own ``--speculative-*`` arguments."""
+
+    threshold: float | None = 0.1
+    relative: float | None = None
+    retrieval_weight: float = 1.0
+    root_nodes: int | None = None  # None: N - 1
+    draft_anchors: int = 1
+    anchor_nodes: int | None = None  # None: N // 4
+    shared_capacity: int = 1 << 20
+    request_capacity: int = 1 << 16
+    radix_feed: bool = True
+    tp_broadcast: bool = False
+    eagle3: bool | None = None  # None: decided from the draft model's config
+
+    @staticmethod
+    def from_env(env: Mapping[str, str] | None = None) -> GraftSettings:
+        env = os.environ if env is None else env
+        known = {f"{PREFIX}{n}" for n in (
+            "THRESHOLD", "RELATIVE", "RETRIEVAL_WEIGHT", "ROOT_NODES", "DRAFT_ANCHORS",
+            "ANCHOR_NODES", "SHARED_CAPACITY", "REQUEST_CAPACITY", "RADIX_FEED", "TP_BROADCAST",
+            "EAGLE3")}
+        unknown = sorted(k for k in env if k.startswith(PREFIX) and k not in known)
+        if unknown:
+            raise ValueError(f"unknown Graft setting(s) {unknown}; known: {sorted(known)}")
+        flag = {"1": True, "true": True, "0": False, "false": False}
+        eagle3_raw = env.get(PREFIX + "EAGLE3", "auto").strip().lower()
+        if eagle3_raw not in (*flag, "auto"):
+            raise ValueError(f"{PREFIX}EAGLE3 must be 1, 0 or auto, got {eagle3_raw!r}")
+        switches = {}
+        for name, default in (("RADIX_FEED", "1"), ("TP_BROADCAST", "0")):
+            raw = env.get(PREFIX + name, default).strip().lower()
+            if raw not in flag:
+                raise ValueError(f"{PREFIX}{name} must be 1 or 0, got {raw!r}")
+            switches[name] = flag[raw]
+        return GraftSettings(
+            threshold=_number(env, "THRESHOLD", 0.1, float),
+            relative=_number(env, "RELATIVE", None, float),
+            retrieval_weight=_number(env, "RETRIEVAL_WEIGHT", 1.0, float),
+            root_nodes=_number(env, "ROOT_NODES", None, int),
+            draft_anchors=_number(env, "DRAFT_ANCHORS", 1, int),
+            anchor_nodes=_number(env, "ANCHOR_NODES", None, int),
+            shared_capacity=_number(env, "SHARED_CAPACITY", 1 << 20, int),
+            request_capacity=_number(env, "REQUEST_CAPACITY", 1 << 16, int),
+            radix_feed=switches["RADIX_FEED"],
+            tp_broadcast=switches["TP_BROADCAST"],
+            eagle3=None if eagle3_raw == "auto" else flag[eagle3_raw],
+        )
+
+    def graft_config(self, budget: int, vocab_size: int | None = None) -> GraftConfig:
+        return GraftConfig(budget=budget, threshold=self.threshold, relative=self.relative,
+                           retrieval_weight=self.retrieval_weight, vocab_size=vocab_size)
+
+    def retrieval_plan(self, budget: int) -> RetrievalPlan:
+        root = budget - 1 if self.root_nodes is None else self.root_nodes
+        anchor = max(1, budget // 4) if self.anchor_nodes is None else self.anchor_nodes
+        return RetrievalPlan(root_nodes=root, draft_anchors=self.draft_anchors,
+                             anchor_nodes=anchor)
+
+    def suffix_config(self) -> SuffixConfig:
+        return SuffixConfig(shared_capacity=self.shared_capacity,
+                            request_capacity=self.request_capacity)

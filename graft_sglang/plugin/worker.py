@@ -1,0 +1,188 @@
+"""``GraftWorker``: SGLang's EAGLE V2 worker with Graft's tree in place of the dense EAGLE tree.
+
+Everything except tree construction is SGLang's own code path: the draft loop and its CUDA
+graphs, the target verify forward and its graphs, greedy / target-only sampling verification,
+KV compaction of the accepted path and draft extend. Two module-level functions of
+``eagle_worker_v2`` are substituted while the draft worker runs:
+
+* ``organize_draft_results`` -> ``all_candidates``: keep every candidate and its cumulative
+  confidence (SGLang's version keeps the top N-1 tokens and drops the scores). The 4-tuple
+  shape that the draft CUDA-graph runner captures is unchanged: (parent_list, scores, tokens,
+  draft_probs).
+* ``build_eagle_verify_input`` -> ``build_graft_verify_input``: prune, retrieve, graft, emit.
+
+The substitution lasts exactly one call (single scheduler thread) and covers graph capture,
+since the capture calls the draft worker's own ``draft_forward``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from sglang.srt.speculative import eagle_worker_v2
+from sglang.srt.speculative.eagle_worker_v2 import EagleDraftWorker, EAGLEWorkerV2
+
+from graft_sglang.plugin.radix_feed import RadixFeed
+from graft_sglang.plugin.settings import GraftSettings
+from graft_sglang.plugin.verify_input import GraftVerifyInput, build_graft_verify_input
+from graft_sglang.proposer import GraftProposer
+from graft_sglang.retrieval.suffix import SuffixRetriever
+from graft_sglang.tree.builder import NodeSource
+
+logger = logging.getLogger(__name__)
+LOG_EVERY = 200  # steps between per-source acceptance log lines
+
+
+def all_candidates(
+    score_list: list[torch.Tensor], token_list: list[torch.Tensor],
+    parents_list: list[torch.Tensor], num_draft_token: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Replacement of ``organize_draft_results``: (parent_list [bs, 1 + (S-1)K],
+    scores [bs, M], tokens [bs, M]) with every candidate kept."""
+    scores = torch.cat([s.flatten(1) for s in score_list], dim=1)
+    tokens = torch.cat(token_list, dim=1)
+    if len(parents_list) > 1:
+        parent_list = torch.cat(parents_list[:-1], dim=1)
+    else:
+        parent_list = torch.empty(tokens.shape[0], 0, dtype=torch.long, device=tokens.device)
+    return parent_list, scores, tokens
+
+
+@contextlib.contextmanager
+def substituted(module: Any, **replacements: Any) -> Iterator[None]:
+    """Temporarily rebind module-level names (restored even on error)."""
+    saved = {name: getattr(module, name) for name in replacements}
+    for name, value in replacements.items():
+        setattr(module, name, value)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(module, name, value)
+
+
+class GraftDraftWorker(EagleDraftWorker):
+    """The EAGLE draft worker with Graft's tree construction (``graft`` is set by
+    ``GraftWorker`` right after construction, before any CUDA-graph capture)."""
+
+    graft: GraftState
+
+    def draft_forward(self, forward_batch: Any) -> Any:
+        with substituted(eagle_worker_v2, organize_draft_results=all_candidates):
+            return super().draft_forward(forward_batch)
+
+    def draft(self, batch: Any, *, with_topology: bool = False) -> Any:
+        if with_topology:
+            raise NotImplementedError("GRAFT does not support pipeline parallelism yet")
+        rids = self.graft.sync(batch.reqs)
+        build = functools.partial(build_graft_verify_input, proposer=self.graft.proposer,
+                                  rids=rids, broadcast=self.graft.broadcast)
+        with substituted(eagle_worker_v2, build_eagle_verify_input=build):
+            verify_input = super().draft(batch)
+        self.graft.last_input = verify_input if isinstance(verify_input,
+                                                           GraftVerifyInput) else None
+        return verify_input
+
+
+class GraftState:
+    """Per-worker Graft state: the proposer, its retrieval index, request bookkeeping and the
+    per-source acceptance counters."""
+
+    def __init__(self, settings: GraftSettings, budget: int, vocab_size: int | None) -> None:
+        self.retriever = SuffixRetriever(settings.suffix_config())
+        self.proposer = GraftProposer(settings.graft_config(budget, vocab_size), self.retriever,
+                                      settings.retrieval_plan(budget))
+        self.radix_feed = RadixFeed(self.retriever) if settings.radix_feed else None
+        self.broadcast = _tp_broadcast() if settings.tp_broadcast else None
+        self.indexed: dict[str, int] = {}  # rid -> tokens already in the retrieval index
+        self.last_input: GraftVerifyInput | None = None
+        self.steps = self.accepted_draft = self.accepted_grafted = 0
+
+    def sync(self, reqs: Any) -> list[str]:
+        """Bring every request's retrieval state up to its committed tokens (prompt + output;
+        complete in synchronous scheduling). Returns the batch's rids in order."""
+        rids = []
+        for req in reqs:
+            tokens = list(req.origin_input_ids) + list(req.output_ids)
+            done = self.indexed.get(req.rid)
+            if done is None:
+                self.retriever.start_request(req.rid, tokens)
+            elif len(tokens) > done:
+                self.retriever.extend_request(req.rid, tokens[done:])
+            self.indexed[req.rid] = len(tokens)
+            rids.append(req.rid)
+        return rids
+
+    def finish(self, rid: str) -> None:
+        if self.indexed.pop(rid, None) is not None:
+            self.retriever.finish_request(rid)
+
+    def account(self, accept_index: torch.Tensor, accept_lens: torch.Tensor) -> None:
+        """Count accepted nodes by source. accept_index [bs, S] flat node ids; accept_lens
+        [bs] accepted tokens including the bonus."""
+        verify_input, self.last_input = self.last_input, None
+        if verify_input is None or verify_input.tree is None:
+            return
+        source = verify_input.tree.source.reshape(-1).cpu()
+        idx, lens = accept_index.cpu(), accept_lens.cpu()
+        for b in range(idx.shape[0]):
+            nodes = idx[b, 1 : int(lens[b])].tolist()
+            grafted = sum(1 for i in nodes if source[i] & NodeSource.RETRIEVED
+                          and not source[i] & NodeSource.DRAFT)
+            self.accepted_grafted += grafted
+            self.accepted_draft += len(nodes) - grafted
+        self.steps += 1
+        if self.steps % LOG_EVERY == 0:
+            logger.info("graft: %d steps, accepted draft tokens %d, grafted %d (share %.3f)",
+                        self.steps, self.accepted_draft, self.accepted_grafted,
+                        self.grafted_share)
+
+    @property
+    def grafted_share(self) -> float:
+        total = self.accepted_draft + self.accepted_grafted
+        return self.accepted_grafted / total if total else 0.0
+
+
+class GraftWorker(EAGLEWorkerV2):
+    """Scheduler-facing GRAFT worker (``EAGLEWorkerV2`` with a Graft draft worker)."""
+
+    def __init__(self, server_args: Any, gpu_id: int, nccl_port: int,
+                 target_worker: Any) -> None:
+        # EAGLEWorkerV2 builds its draft worker by module-level name; the draft CUDA graphs are
+        # captured later (Scheduler -> init_cuda_graphs), so they record GraftDraftWorker's loop.
+        with substituted(eagle_worker_v2, EagleDraftWorker=GraftDraftWorker):
+            super().__init__(server_args, gpu_id, nccl_port, target_worker)
+        settings = GraftSettings.from_env()
+        vocab = getattr(target_worker.model_runner.model_config, "vocab_size", None)
+        self.graft = GraftState(settings, self.speculative_num_draft_tokens, vocab)
+        if self._draft_worker is not None:
+            self._draft_worker.graft = self.graft
+        if self.graft.radix_feed is not None:
+            self.graft.radix_feed.activate()
+
+    def forward_batch_generation(self, batch: Any, *args: Any, **kwargs: Any) -> Any:
+        result = super().forward_batch_generation(batch, *args, **kwargs)
+        if getattr(result, "accept_index", None) is not None and result.accept_lens is not None:
+            self.graft.account(result.accept_index, result.accept_lens)
+        return result
+
+    def note_request_finished(self, *, rid: str, natural_stop: bool) -> None:
+        """Finished or aborted: drop the request's retrieval state (its text joins the shared
+        corpus)."""
+        self.graft.finish(rid)
+        super().note_request_finished(rid=rid, natural_stop=natural_stop)
+
+
+def _tp_broadcast() -> Callable[[torch.Tensor], object] | None:
+    """In-place broadcast from TP rank 0 over SGLang's TP group (None without TP)."""
+    from sglang.srt.runtime_context import get_parallel
+
+    group = get_parallel().tp_group
+    if group.world_size == 1:
+        return None
+    return lambda tensor: group.broadcast(tensor, src=0)
