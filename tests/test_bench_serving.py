@@ -1,4 +1,4 @@
-"""The serving-benchmark recipe's argument handling and bookkeeping (it runs only on GPUs)."""
+"""Argument handling and command construction of the serving benchmark (it needs GPUs to run)."""
 
 from __future__ import annotations
 
@@ -6,54 +6,73 @@ from pathlib import Path
 
 import pytest
 
-from bench.serving.run import grafted_share, main, parse_args, tabulate, write_dataset
-
-
-def test_dry_run_prints_every_command(capsys: pytest.CaptureFixture[str]) -> None:
-    main(["--target", "Qwen/Qwen3-235B-A22B", "--draft", "/heads/qwen3-eagle3", "--tp", "8",
-          "--concurrency", "1", "32", "--graft-env", "SGLANG_GRAFT_THRESHOLD=0.2", "--dry-run"])
-    out = capsys.readouterr().out.splitlines()
-    servers = [line for line in out if "sglang.launch_server" in line]
-    clients = [line for line in out if "sglang.benchmark.serving" in line]
-    assert len(servers) == 3 and len(clients) == 3 * 2 * 2
-    graft = next(line for line in servers if "GRAFT" in line)
-    assert graft.startswith("SGLANG_GRAFT_THRESHOLD=0.2 ")
-    assert "--tp-size 8" in graft and "--speculative-eagle-topk 8" in graft
-    ngram = next(line for line in servers if "NGRAM" in line)
-    assert "--speculative-draft-model-path" not in ngram
-    assert any("--max-concurrency 32" in line for line in clients)
-
-
-@pytest.mark.parametrize(
-    ("argv", "message"),
-    [
-        (["--target", "t"], "--draft"),
-        (["--target", "t", "--draft", "d", "--tp", "0"], "--tp"),
-        (["--target", "t", "--draft", "d", "--concurrency", "0"], "--concurrency"),
-        (["--target", "t", "--draft", "d", "--topk", "1"], "--topk"),
-        (["--target", "t", "--draft", "d", "--graft-env", "THRESHOLD=1"], "--graft-env"),
-        (["--target", "t", "--algorithms", "SUFFIX"], "invalid choice"),
-    ],
+from bench.serving.run import (
+    bench_command,
+    main,
+    parse_args,
+    server_command,
+    server_env,
+    summarize,
+    table,
+    write_dataset,
 )
-def test_bad_arguments(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+
+BASE = ["--target", "t", "--draft", "d"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--target", "t"], "--draft is required"),
+    ([*BASE, "--topk", "1"], "--topk must be >= 2 for GRAFT"),
+    ([*BASE, "--steps", "2", "--topk", "2", "--draft-tokens", "8"], "--draft-tokens must be <= 7"),
+    ([*BASE, "--concurrency", "0"], "must be >= 1"),
+    ([*BASE, "--methods", "MEDUSA"], "invalid choice"),
+    ([*BASE, "--graft-env", "THRESHOLD=0.1"], "SGLANG_GRAFT_NAME=VALUE"),
+])
+def test_bad_arguments_refused(argv: list[str], message: str, capsys) -> None:
     with pytest.raises(SystemExit):
         parse_args(argv)
     assert message in capsys.readouterr().err
 
 
 def test_ngram_alone_needs_no_draft() -> None:
-    assert parse_args(["--target", "t", "--algorithms", "NGRAM"]).draft is None
+    args = parse_args(["--target", "t", "--methods", "ngram", "--topk", "1"])
+    assert args.methods == ["NGRAM"]
+    cmd = server_command("NGRAM", args)
+    assert "--speculative-draft-model-path" not in cmd
+    assert cmd[cmd.index("--speculative-num-draft-tokens") + 1] == "32"
 
 
-def test_grafted_share_and_table() -> None:
-    log = "x\ngraft: 200 steps, accepted draft tokens 300, grafted 100 (share 0.250)\n" \
-          "graft: 400 steps, accepted draft tokens 600, grafted 400 (share 0.400)\n"
-    assert grafted_share(log) == pytest.approx(0.4)
-    assert grafted_share("no graft lines") is None
-    table = tabulate([{"algorithm": "GRAFT", "dataset": "mtbench", "concurrency": 8,
-                       "output_throughput": 1234.5, "median_tpot_ms": 6.7,
-                       "accept_length": 3.21, "grafted_share": 0.4}])
-    assert "GRAFT" in table and "1234.5" in table and "0.400" in table
+def test_commands(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("SGLANG_GRAFT_THRESHOLD", "0.3")  # never leaks into other servers
+    args = parse_args([*BASE, "--tp", "8", "--eagle3-topk", "4", "--server-args", "--foo 1",
+                       "--graft-env", "SGLANG_GRAFT_THRESHOLD=0.05"])
+    graft = server_command("GRAFT", args)
+    assert graft[graft.index("--speculative-algorithm") + 1] == "GRAFT"
+    assert graft[graft.index("--tp-size") + 1] == "8"
+    assert "--disable-overlap-schedule" in graft and graft[-2:] == ["--foo", "1"]
+    eagle = server_command("EAGLE3", args)
+    assert eagle[eagle.index("--speculative-eagle-topk") + 1] == "4"
+    assert server_env("GRAFT", args)["SGLANG_GRAFT_THRESHOLD"] == "0.05"
+    assert "SGLANG_GRAFT_THRESHOLD" not in server_env("EAGLE3", args)
+    cmd = bench_command(tmp_path / "d.jsonl", "longctx", 32, args, tmp_path / "o.jsonl")
+    assert cmd[cmd.index("--max-concurrency") + 1] == "32"
+    assert cmd[cmd.index("--sharegpt-output-len") + 1] == "512"
+
+
+def test_dry_run_prints_every_command(capsys) -> None:
+    main([*BASE, "--dry-run", "--concurrency", "1", "8"])
+    out = capsys.readouterr().out
+    assert out.count("sglang.launch_server") == 3
+    assert out.count("sglang.benchmark.serving") == 3 * 2 * 2
+
+
+def test_summary_and_table() -> None:
+    row = summarize("GRAFT", "mtbench", 8, {"output_throughput": 1000.0, "mean_tpot_ms": 5.0,
+                                              "accept_length": 3.5},
+                    {"graft_accepted_draft_tokens": 10, "graft_accepted_grafted_tokens": 0},
+                    {"graft_accepted_draft_tokens": 40, "graft_accepted_grafted_tokens": 10})
+    assert row["grafted_share"] == 0.25
+    assert "| GRAFT | mtbench | 8 | 1000.0 | 5.00 | 3.50 | 0.250 |" in table([row])
 
 
 def test_dataset_file_is_sglang_custom_jsonl(tmp_path: Path) -> None:

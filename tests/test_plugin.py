@@ -1,191 +1,249 @@
-"""The SGLang plugin against SGLang 0.5.23's real classes (CPU)."""
+"""The SGLang plugin against SGLang 0.5.23's real classes, on CPU: discovery and registration,
+server-argument resolution, the verify input built from the Graft tree, per-source accounting,
+and the radix-cache feed on both prefix-cache classes."""
 
 from __future__ import annotations
 
-import inspect
+import functools
 import json
+from array import array
 from pathlib import Path
 
 import pytest
 import torch
-from sglang.srt.arg_groups.arg_utils import record_fields
-from sglang.srt.arg_groups.overrides import resolving_view
-from sglang.srt.arg_groups.speculative_hook import handle_speculative_decoding
-from sglang.srt.plugins import load_plugins
-from sglang.srt.server_args import prepare_server_args
-from sglang.srt.speculative import eagle_worker_v2
-from sglang.srt.speculative.eagle_info import EagleVerifyInput
-from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
 
-from graft_sglang.plugin.algo import GraftAlgo, draft_is_eagle3
-from graft_sglang.plugin.registration import register
-from graft_sglang.plugin.settings import GraftSettings
-from graft_sglang.plugin.verify_input import (
+sglang = pytest.importorskip("sglang")
+
+from sglang.srt.arg_groups.overrides import resolving_view  # noqa: E402
+from sglang.srt.mem_cache.base_prefix_cache import EvictParams, InsertParams  # noqa: E402
+from sglang.srt.mem_cache.radix_cache import RadixCache, RadixKey  # noqa: E402
+from sglang.srt.plugins import load_plugins  # noqa: E402
+from sglang.srt.server_args import prepare_server_args  # noqa: E402
+from sglang.srt.speculative.eagle_info import EagleVerifyInput  # noqa: E402
+from sglang.srt.speculative.spec_info import SpeculativeAlgorithm  # noqa: E402
+
+from graft_sglang.plugin import radix_feed, registration  # noqa: E402
+from graft_sglang.plugin.algo import GraftAlgo, draft_is_eagle3  # noqa: E402
+from graft_sglang.plugin.radix_feed import RadixFeed  # noqa: E402
+from graft_sglang.plugin.settings import GraftSettings  # noqa: E402
+from graft_sglang.plugin.verify_input import (  # noqa: E402
     GraftVerifyInput,
     build_verify_input,
     draft_candidates,
     write_mask,
 )
-from graft_sglang.plugin.worker import all_candidates, substituted
-from graft_sglang.tree.builder import GraftConfig, build_graft_tree
-from graft_sglang.tree.draft import from_eagle_draft_loop
-from graft_sglang.tree.layout import TreeMaskMode, tree_layout, tree_mask
-from graft_sglang.tree.retrieved import RetrievedCandidates
-from tests.random_inputs import eagle_draft
+from graft_sglang.plugin.worker import GraftState, all_candidates, substituted  # noqa: E402
+from graft_sglang.retrieval.suffix import SuffixRetriever  # noqa: E402
+from graft_sglang.tree.builder import GraftConfig, NodeSource, build_graft_tree  # noqa: E402
+from graft_sglang.tree.draft import from_eagle_draft_loop  # noqa: E402
+from graft_sglang.tree.layout import TreeMaskMode, tree_layout, tree_mask  # noqa: E402
+from tests.random_inputs import random_retrieved  # noqa: E402
+
+torch.set_num_threads(1)
+load_plugins()
 
 
-def test_entry_point_registers_graft() -> None:
-    load_plugins()  # discovers graft_sglang through its sglang.srt.plugins entry point
-    algo = SpeculativeAlgorithm.from_string("graft")
-    assert isinstance(algo, GraftAlgo) and algo.name == "GRAFT"
+def eagle_loop_lists(gen: torch.Generator, bs: int, topk: int, depth: int, vocab: int):
+    """(score_list, token_list, parents_list) exactly as SGLang's EAGLE draft loop leaves them
+    (``select_top_k_tokens`` arithmetic on random draft distributions)."""
+    def level(rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        probs = torch.softmax(torch.randn(rows, vocab, generator=gen) * 2.0, dim=-1)
+        return torch.topk(probs, topk, dim=-1)
+
+    p0, i0 = level(bs)
+    score_list, token_list = [p0.unsqueeze(1)], [i0]
+    parents_list = [torch.arange(-1, topk).expand(bs, -1)]
+    scores = p0
+    for i in range(1, depth):
+        p, idx = level(bs * topk)
+        expand = scores.unsqueeze(2) * p.view(bs, topk, topk)
+        scores, top_i = torch.topk(expand.flatten(1), topk, dim=-1)
+        score_list.append(expand)
+        token_list.append(idx.view(bs, topk * topk))
+        parents_list.append(top_i + topk * topk * (i - 1) + topk)
+    return score_list, token_list, parents_list
+
+
+@pytest.fixture
+def draft_dir(tmp_path: Path) -> Path:
+    """A draft-head directory with a real (tiny) EAGLE-3 Llama config."""
+    config = {"architectures": ["LlamaForCausalLMEagle3"], "model_type": "llama",
+              "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
+              "num_key_value_heads": 4, "num_hidden_layers": 1, "vocab_size": 1000,
+              "max_position_embeddings": 2048}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    return tmp_path
+
+
+def resolve(draft_dir: Path, **spec: object):
+    """SGLang's own start-up argument path of ``python -m sglang.launch_server`` (command-line
+    parsing, then the whole resolution pipeline) for GRAFT with ``spec`` as flags."""
+    argv = ["--model-path", str(draft_dir), "--speculative-algorithm", "graft",
+            "--speculative-draft-model-path", str(draft_dir), "--device", "cpu"]
+    for name, value in spec.items():
+        flag = "--" + name.replace("_", "-")
+        argv += [flag] if value is True else [flag, str(value)]
+    args = prepare_server_args(argv)
+    args.resolve_once()
+    return resolving_view(args)
+
+
+# -- registration --------------------------------------------------------------------------------
+def test_load_plugins_registers_graft_idempotently() -> None:
+    from importlib.metadata import entry_points
+
+    from sglang.srt.plugins.hook_registry import HookRegistry
+
+    (ep,) = [e for e in entry_points(group="sglang.srt.plugins") if e.name == "graft"]
+    assert ep.value == "graft_sglang.plugin.registration:register"
+    # the hooks were registered while load_plugins() ran the "graft" entry point
+    sources = {src.plugin_name for hooks in HookRegistry._hooks.values() for _, h, src in hooks
+               if h.__module__.startswith("graft_sglang.")}
+    assert sources == {"graft"}
+    algo = SpeculativeAlgorithm.from_string("GRAFT")
+    assert isinstance(algo, GraftAlgo)
+    registration.register()  # a second load in the same process is a no-op
+    assert SpeculativeAlgorithm.from_string("graft") is algo
     assert algo.is_eagle() and algo.need_topk() and algo.carries_draft_hidden_states()
-    assert algo.is_speculative() and not algo.is_ngram()
-    register()  # idempotent: a second call in the same process is a no-op
-    assert SpeculativeAlgorithm.from_string("GRAFT") is algo
+    assert not algo.supports_overlap
+    from graft_sglang.plugin.worker import GraftWorker
+    assert algo.factory(None) is GraftWorker
 
 
-@pytest.fixture(scope="module")
-def draft_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("eagle3")
-    (d / "config.json").write_text(json.dumps(
-        {"architectures": ["LlamaForCausalLMEagle3"], "model_type": "llama"}))
-    return d
+def test_eagle3_detected_from_draft_config(draft_dir: Path, tmp_path_factory) -> None:
+    assert draft_is_eagle3(str(draft_dir))
+    eagle = tmp_path_factory.mktemp("eagle")
+    (eagle / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLMEagle"]}))
+    assert not draft_is_eagle3(str(eagle))
+    assert not draft_is_eagle3("no-such-org/no-such-head")  # offline and unknown: EAGLE, warned
 
 
-@pytest.fixture(scope="module")
-def target_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from transformers import LlamaConfig
-
-    d = tmp_path_factory.mktemp("target")
-    LlamaConfig(num_hidden_layers=2, hidden_size=64, intermediate_size=128,
-                num_attention_heads=4, vocab_size=128).save_pretrained(d)
-    return d
-
-
-def resolve(draft_dir: Path, *extra: str, target: Path):
-    """SGLang's own speculative-argument resolution on a real ServerArgs."""
-    load_plugins()
-    sa = prepare_server_args(["--model-path", str(target), "--speculative-algorithm", "graft",
-                              "--speculative-draft-model-path", str(draft_dir),
-                              "--device", "cpu", *extra])
-    sa._raw_input = {f.name: getattr(sa, f.name) for f in record_fields(type(sa))}
-    sa._resolved_overrides = []
-    handle_speculative_decoding(sa)
-    return resolving_view(sa)
+# -- server arguments (SGLang's real command-line parsing and resolution pipeline) -------------
+def test_server_args_defaults(draft_dir: Path) -> None:
+    cfg = resolve(draft_dir)
+    assert cfg.speculative_algorithm == "GRAFT"
+    assert (cfg.speculative_num_steps, cfg.speculative_eagle_topk,
+            cfg.speculative_num_draft_tokens) == (5, 8, 32)
+    assert cfg.disable_overlap_schedule
 
 
-def test_server_args_defaults(draft_dir: Path, target_dir: Path) -> None:
-    v = resolve(draft_dir, target=target_dir)
-    assert v.speculative_algorithm == "GRAFT"
-    assert (v.speculative_num_steps, v.speculative_eagle_topk,
-            v.speculative_num_draft_tokens) == (5, 8, 32)
-    assert v.max_running_requests == 48 and v.disable_overlap_schedule
-    assert not v.enable_mixed_chunk
-    v = resolve(draft_dir, "--speculative-num-steps", "3", "--speculative-eagle-topk", "4",
-                "--speculative-num-draft-tokens", "16", "--max-running-requests", "8",
-                target=target_dir)
-    assert (v.speculative_num_steps, v.speculative_eagle_topk,
-            v.speculative_num_draft_tokens, v.max_running_requests) == (3, 4, 16, 8)
+def test_server_args_explicit_tree(draft_dir: Path) -> None:
+    cfg = resolve(draft_dir, speculative_num_steps=3, speculative_eagle_topk=4,
+                  speculative_num_draft_tokens=37)  # 1 + 4 + 2 * 16: the whole draft tree
+    assert (cfg.speculative_num_steps, cfg.speculative_eagle_topk,
+            cfg.speculative_num_draft_tokens) == (3, 4, 37)
 
 
-@pytest.mark.parametrize(
-    ("extra", "match"),
-    [
-        (["--speculative-eagle-topk", "1", "--speculative-num-steps", "3",
-          "--speculative-num-draft-tokens", "4"], "eagle-topk must be >= 2"),
-        (["--speculative-eagle-topk", "2", "--speculative-num-steps", "2",
-          "--speculative-num-draft-tokens", "20"], r"num-draft-tokens must be in \[2, 7\]"),
-        (["--speculative-eagle-topk", "4"], "give all of"),
-        (["--speculative-use-rejection-sampling"], "rejection-sampling"),
-    ],
-)
-def test_server_args_refused(draft_dir: Path, target_dir: Path, extra: list[str],
-                             match: str) -> None:
-    with pytest.raises(ValueError, match=match):
-        resolve(draft_dir, *extra, target=target_dir)
+@pytest.mark.parametrize("spec, flag", [
+    (dict(speculative_num_steps=3, speculative_eagle_topk=1, speculative_num_draft_tokens=4),
+     "--speculative-eagle-topk must be >= 2"),
+    (dict(speculative_num_steps=3, speculative_eagle_topk=4, speculative_num_draft_tokens=38),
+     r"--speculative-num-draft-tokens must be in \[2, 37\]"),
+    (dict(speculative_num_steps=3), "give all of --speculative-num-steps"),
+    (dict(speculative_use_rejection_sampling=True), "--speculative-use-rejection-sampling"),
+    (dict(page_size=16, attention_backend="torch_native"), "--page-size > 1 needs"),
+    (dict(pp_size=2), "--pp-size 1 only"),
+    (dict(speculative_adaptive=True), "--speculative-adaptive is not supported"),
+])
+def test_server_args_refused(draft_dir: Path, spec: dict, flag: str) -> None:
+    with pytest.raises(ValueError, match=flag):
+        resolve(draft_dir, **spec)
 
 
-def test_server_args_refuse_bad_graft_settings(draft_dir: Path, target_dir: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_trtllm_backend_refused(draft_dir: Path) -> None:
+    """On CPU SGLang's own checks refuse trtllm_mha before GRAFT's, so this runs the
+    speculative step of the pipeline (``handle_speculative_decoding``) on a real ServerArgs."""
+    from sglang.srt.arg_groups.speculative_hook import handle_speculative_decoding
+    from sglang.srt.server_args import ServerArgs
+
+    args = ServerArgs(model_path=str(draft_dir), speculative_algorithm="GRAFT",
+                      speculative_draft_model_path=str(draft_dir), device="cpu",
+                      attention_backend="trtllm_mha")
+    with pytest.raises(ValueError, match="trtllm_mha verifies chains only"):
+        handle_speculative_decoding(args)
+
+
+def test_bad_graft_env_refused_at_startup(draft_dir: Path, monkeypatch) -> None:
     monkeypatch.setenv("SGLANG_GRAFT_THRESHOLD", "high")
     with pytest.raises(ValueError, match="SGLANG_GRAFT_THRESHOLD"):
-        resolve(draft_dir, target=target_dir)
+        resolve(draft_dir)
+    monkeypatch.delenv("SGLANG_GRAFT_THRESHOLD")
+    monkeypatch.setenv("SGLANG_GRAFT_TRESHOLD", "0.2")  # a typo is not silently ignored
+    with pytest.raises(ValueError, match="unknown Graft setting"):
+        resolve(draft_dir)
 
 
 def test_settings_from_env() -> None:
-    s = GraftSettings.from_env({"SGLANG_GRAFT_THRESHOLD": "none", "SGLANG_GRAFT_ROOT_NODES": "5",
-                                "SGLANG_GRAFT_EAGLE3": "1", "SGLANG_GRAFT_TP_BROADCAST": "1"})
-    assert s.threshold is None and s.eagle3 is True and s.tp_broadcast
-    assert s.retrieval_plan(32).root_nodes == 5 and s.retrieval_plan(32).anchor_nodes == 8
-    assert s.graft_config(32).budget == 32
-    for env, match in [({"SGLANG_GRAFT_TYPO": "1"}, "unknown Graft setting"),
-                       ({"SGLANG_GRAFT_EAGLE3": "maybe"}, "EAGLE3"),
-                       ({"SGLANG_GRAFT_RADIX_FEED": "yes"}, "RADIX_FEED")]:
-        with pytest.raises(ValueError, match=match):
-            GraftSettings.from_env(env)
+    s = GraftSettings.from_env({"SGLANG_GRAFT_THRESHOLD": "none", "SGLANG_GRAFT_ROOT_NODES": "7",
+                                "SGLANG_GRAFT_RADIX_FEED": "0", "SGLANG_GRAFT_EAGLE3": "1"})
+    assert s.threshold is None and not s.radix_feed and s.eagle3
+    assert s.retrieval_plan(32).root_nodes == 7
+    assert GraftSettings.from_env({}).retrieval_plan(32).root_nodes == 31
 
 
-def test_eagle3_detection(draft_dir: Path, tmp_path: Path) -> None:
-    assert draft_is_eagle3(str(draft_dir))
-    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLMEagle"]}))
-    assert not draft_is_eagle3(str(tmp_path))
-    assert not draft_is_eagle3(None)
-
-
-def test_all_candidates_keeps_sglang_layout() -> None:
-    """The substituted organize step returns what ``draft_candidates`` reads back into exactly
-    ``from_eagle_draft_loop``'s candidates, from SGLang's real select_top_k_tokens."""
-    from sglang.srt.speculative.spec_utils import select_top_k_tokens
-
-    torch.manual_seed(0)
-    bs, topk, steps, vocab = 2, 3, 4, 30
-    lists: tuple[list, list, list] = ([], [], [])
-    hidden, scores = torch.randn(bs, 4), None
-    p, i = torch.topk(torch.softmax(torch.randn(bs, vocab), -1), topk, -1)
-    for level in range(steps):
-        _, hidden, scores, info = select_top_k_tokens(level, p, i, hidden, scores, topk)
-        for lst, x in zip(lists, info, strict=True):
-            lst.append(x)
-        p, i = torch.topk(torch.softmax(torch.randn(bs * topk, vocab), -1), topk, -1)
-    parent_list, all_scores, tokens = all_candidates(*lists, 0)
-    got = draft_candidates(parent_list, all_scores, tokens, topk, steps)
+# -- draft loop output -> Graft tree -> SGLang's verify input ------------------------------------
+def test_all_candidates_matches_draft_loop_layout() -> None:
+    gen = torch.Generator().manual_seed(0)
+    topk, steps = 4, 3
+    lists = eagle_loop_lists(gen, 2, topk, steps, 50)
+    parent_list, scores, tokens = all_candidates(*lists, num_draft_token=16)
+    got = draft_candidates(parent_list, scores, tokens, topk, steps)
     want = from_eagle_draft_loop(*lists, topk)
-    assert torch.equal(got.tokens, want.tokens) and torch.equal(got.parents, want.parents)
-    assert torch.equal(got.scores, want.scores)
+    for name in ("tokens", "parents", "scores"):
+        torch.testing.assert_close(getattr(got, name), getattr(want, name))
 
 
-def test_worker_substitution_targets_exist() -> None:
-    """The names GraftDraftWorker rebinds are the ones EAGLE V2's draft path calls."""
-    draft_src = inspect.getsource(eagle_worker_v2.EagleDraftWorker.draft)
-    forward_src = inspect.getsource(eagle_worker_v2.EagleDraftWorker.draft_forward)
-    assert "build_eagle_verify_input(" in draft_src
-    assert "organize_draft_results(" in forward_src
-    original = eagle_worker_v2.organize_draft_results
-    with substituted(eagle_worker_v2, organize_draft_results=all_candidates):
-        assert eagle_worker_v2.organize_draft_results is all_candidates
-    assert eagle_worker_v2.organize_draft_results is original
-    with pytest.raises(RuntimeError), substituted(eagle_worker_v2, organize_draft_results=None):
-        raise RuntimeError
-    assert eagle_worker_v2.organize_draft_results is original
+def graft_tree(seed: int = 1, bs: int = 3, n: int = 24, topk: int = 4, steps: int = 3):
+    gen = torch.Generator().manual_seed(seed)
+    lists = eagle_loop_lists(gen, bs, topk, steps, 50)
+    draft = draft_candidates(*all_candidates(*lists, num_draft_token=n), topk, steps)
+    retrieved = random_retrieved(gen, bs, draft.num_candidates, 50, 12)
+    seq_lens = torch.tensor([5, 9, 17])[:bs]
+    roots = torch.randint(0, 50, (bs,), generator=gen)
+    tree = build_graft_tree(roots, seq_lens, draft, retrieved,
+                            GraftConfig(budget=n, threshold=0.05))
+    return tree, seq_lens
 
 
 @pytest.mark.parametrize("mode", list(TreeMaskMode))
-def test_verify_input_is_an_eagle_verify_input(mode: TreeMaskMode) -> None:
-    gen = torch.Generator().manual_seed(int(mode))
-    bs, n = 3, 16
-    draft = eagle_draft(gen, bs, 4, 3, 100)
-    tree = build_graft_tree(torch.tensor([1, 2, 3]), torch.tensor([5, 0, 9]), draft,
-                            RetrievedCandidates.empty(bs), GraftConfig(budget=n, threshold=0.05))
-    seq_lens = torch.tensor([5, 0, 9])
+def test_verify_input_from_graft_tree(mode: TreeMaskMode) -> None:
+    tree, seq_lens = graft_tree()
+    bs, n = tree.tokens.shape
     vi = build_verify_input(tree, seq_lens, mode, topk=4, num_steps=3)
     assert isinstance(vi, EagleVerifyInput) and isinstance(vi, GraftVerifyInput)
+    assert vi.max_tree_depth == n and vi.tree_topk == -1 and vi.draft_token_num == n
     assert vi.is_verify_input()
-    assert vi.max_tree_depth == n and vi.tree_topk == -1  # grafted chains can go deeper
     assert vi.draft_token.shape == (bs * n,) and vi.draft_token.dtype == torch.int64
     assert vi.positions.shape == (bs * n,) and vi.positions.dtype == torch.int64
-    for t in (vi.retrieve_index, vi.retrieve_next_token, vi.retrieve_next_sibling):
-        assert t.shape == (bs, n) and t.dtype == torch.int64
+    torch.testing.assert_close(vi.positions.view(bs, n),
+                               seq_lens[:, None] + tree.layout.depth)
+    for name in ("retrieve_index", "retrieve_next_token", "retrieve_next_sibling"):
+        assert torch.equal(getattr(vi, name), getattr(tree.layout, name))
+        assert getattr(vi, name).dtype == torch.int64  # SGLang's retrieve buffers are long
     assert torch.equal(vi.custom_mask, tree_mask(tree.layout.ancestors, seq_lens, mode))
+    if mode == TreeMaskMode.QLEN_ONLY:
+        assert vi.custom_mask.numel() == bs * n * n
+    elif mode == TreeMaskMode.FULL_MASK:
+        assert vi.custom_mask.numel() == int((seq_lens + n).sum()) * n
+    # every grafted node sits below its parent: the mask row of a node covers its ancestors
+    assert bool((tree.source[:, 0] == NodeSource.ROOT).all())
+
+
+def test_worker_substitution_targets_exist() -> None:
+    """The names GraftDraftWorker / GraftWorker rebind are the ones EAGLE V2 calls by name."""
+    import inspect
+
+    from sglang.srt.speculative import eagle_worker_v2
+
+    assert "build_eagle_verify_input(" in inspect.getsource(
+        eagle_worker_v2.EagleDraftWorker.draft)
+    assert "organize_draft_results(" in inspect.getsource(
+        eagle_worker_v2.EagleDraftWorker.draft_forward)
+    assert "EagleDraftWorker(" in inspect.getsource(eagle_worker_v2.EAGLEWorkerV2.__init__)
+    original = eagle_worker_v2.organize_draft_results
+    with pytest.raises(RuntimeError), substituted(eagle_worker_v2, organize_draft_results=None):
+        raise RuntimeError
+    assert eagle_worker_v2.organize_draft_results is original  # restored even on error
 
 
 @pytest.mark.parametrize(("n", "dtype"), [(8, torch.uint8), (16, torch.int16), (32, torch.int32)])
@@ -198,5 +256,187 @@ def test_bitpacked_mask_into_backend_buffer(n: int, dtype: torch.dtype) -> None:
     write_mask(packed, buffer)
     rows = buffer[:n].to(torch.int64) & ((1 << (8 * buffer.element_size())) - 1)
     assert rows.tolist() == [(1 << (i + 1)) - 1 for i in range(n)]
+
+
+def test_verify_input_written_into_backend_buffer() -> None:
+    tree, seq_lens = graft_tree()
+    buffer = torch.zeros(8 * tree.budget * tree.budget, dtype=torch.bool)  # max_bs 8
+    vi = build_verify_input(tree, seq_lens, TreeMaskMode.QLEN_ONLY, topk=4, num_steps=3,
+                            mask_buffer=buffer)
+    assert vi.custom_mask is buffer
+    want = tree_mask(tree.layout.ancestors, seq_lens, TreeMaskMode.QLEN_ONLY).reshape(-1)
+    assert torch.equal(buffer[: want.numel()], want)
     with pytest.raises(ValueError, match="does not fit"):
-        write_mask(packed, torch.zeros(1, dtype=torch.uint8))
+        build_verify_input(tree, seq_lens, TreeMaskMode.QLEN_ONLY, topk=4, num_steps=3,
+                           mask_buffer=torch.zeros(4, dtype=torch.bool))
+
+
+def test_accounting_by_source() -> None:
+    tree, seq_lens = graft_tree()
+    state = GraftState(GraftSettings(), tree.budget, None)
+    state.last_input = build_verify_input(tree, seq_lens, TreeMaskMode.QLEN_ONLY, topk=4,
+                                          num_steps=3)
+    n = tree.budget
+    # accept the longest root-to-leaf path of each request (flat node ids, like SGLang's)
+    depth = tree.layout.depth
+    accept_index = torch.full((tree.batch_size, n), -1)
+    lens = torch.zeros(tree.batch_size, dtype=torch.int64)
+    want_draft = want_grafted = 0
+    for b in range(tree.batch_size):
+        node, path = int(depth[b].argmax()), []
+        while node >= 0:
+            path.append(node)
+            node = int(tree.parents[b, node])
+        path = path[::-1]
+        accept_index[b, : len(path)] = torch.tensor(path) + b * n
+        lens[b] = len(path)
+        for i in path[1:]:
+            grafted = bool(tree.source[b, i] & NodeSource.RETRIEVED) and not bool(
+                tree.source[b, i] & NodeSource.DRAFT)
+            want_grafted += grafted
+            want_draft += not grafted
+    state.account(accept_index, lens)
+    assert (state.accepted_draft, state.accepted_grafted) == (want_draft, want_grafted)
+    assert state.steps == 1 and state.last_input is None
+
+
+# -- radix-cache feed ---------------------------------------------------------------------------
+def insert(cache, tokens: list[int], alloc) -> None:
+    cache.insert(InsertParams(key=RadixKey(array("q", tokens)), value=alloc.alloc(len(tokens))))
+
+
+def caches():
+    """SGLang's two prefix caches, built with SGLang's own CPU test fixtures (real pools)."""
+    import sglang.test.unified_allocator_fixtures as fixtures
+
+    fixtures.setup_allocator_context()
+    alloc, unified = fixtures.build_swa_cache(occupancy=0)
+    return alloc, [unified, RadixCache.create_simulated(mock_allocator=alloc)]
+
+
+def test_radix_feed_follows_cache(request: pytest.FixtureRequest) -> None:
+    alloc, both = caches()
+    for cache in both:
+        retriever = SuffixRetriever()
+        feed = RadixFeed(retriever)
+        feed.activate()
+        request.addfinalizer(functools.partial(setattr, radix_feed, "_active", None))
+        insert(cache, [1, 2, 3, 4, 5, 6], alloc)
+        insert(cache, [1, 2, 3, 4, 5, 6, 7, 8], alloc)  # extends: replaces the document
+        insert(cache, [9, 10, 11, 12], alloc)
+        assert list(feed.documents.values()) == [(1, 2, 3, 4, 5, 6, 7, 8), (9, 10, 11, 12)]
+        # suffix-anchored retrieval from the cache's content, for a request that never saw it
+        retriever.start_request("r", [42, 3, 4, 5])
+        assert retriever.propose("r", (), 4).tokens[:1] == [6]
+        cache.evict(EvictParams(num_tokens=12, swa_num_tokens=12))
+        assert cache.evictable_size() == 0 and not feed.documents
+        assert feed.tokens == 0
+        assert retriever.propose("r", (), 4).tokens == []
+        retriever.finish_request("r")
+
+
+def test_feed_alone_respects_cache_size() -> None:
+    retriever = SuffixRetriever()
+    feed = RadixFeed(retriever, max_documents=2)
+    feed.on_insert((1, 2, 3))
+    feed.on_insert((4, 5, 6, 7))
+    feed.on_insert((8, 9))  # over max_documents: the oldest leaves
+    assert list(feed.documents.values()) == [(4, 5, 6, 7), (8, 9)]
+    feed.on_insert((4, 5))  # already inside a held document
+    assert feed.tokens == 6
+    feed.on_evict(cache_tokens=3)
+    assert list(feed.documents.values()) == [(8, 9)]
+
+
+def test_graft_metrics_beside_spec_accept_length() -> None:
+    from sglang.srt.managers.scheduler_components.internal_state import (
+        SchedulerInternalStateController,
+    )
+
+    from graft_sglang.plugin.metrics import graft_metrics
+
+    # load_plugins applied the AFTER hook on the method that writes avg_spec_accept_length
+    assert hasattr(SchedulerInternalStateController._add_speculative, "__wrapped__")
+    state = GraftState(GraftSettings(), 8, None)
+    state.steps, state.accepted_draft, state.accepted_grafted = 3, 6, 2
+    assert graft_metrics(state) == {"graft_steps": 3, "graft_accepted_draft_tokens": 6,
+                                    "graft_accepted_grafted_tokens": 2,
+                                    "graft_grafted_share": 0.25}
+
+
+def test_request_state_follows_sglang_reqs() -> None:
+    from sglang.srt.managers.schedule_batch import Req
+    from sglang.srt.sampling.sampling_params import SamplingParams
+
+    state = GraftState(GraftSettings(), 8, None)
+    reqs = [Req(f"r{i}", "", array("q", [5, 6, 7, i]), SamplingParams()) for i in range(2)]
+    assert state.sync(reqs) == ["r0", "r1"]
+    reqs[0].output_ids.extend([5, 6, 7])  # r0 decodes its prompt's start again
+    state.sync(reqs)
+    assert state.indexed == {"r0": 7, "r1": 4}
+    # the request's own text is indexed incrementally: after "5 6 7" comes "0", then "5 6 7"
+    assert state.retriever.propose("r0", (), 2).tokens == [0, 5]
+    state.finish("r0")
+    state.finish("r0")  # finishing twice (abort after finish) is harmless
+    assert sorted(state.retriever.live_requests) == ["r1"] and "r0" not in state.indexed
+
+
+def test_plugin_step_loop_is_lossless_against_greedy_decoding() -> None:
+    """The worker's per-step pieces (request sync, draft-loop conversion, Graft build, verify
+    input, accounting) around a greedy tree verify (``graft_sglang.verify``, SGLang's kernel
+    semantics) reproduce plain token-by-token greedy decoding of a deterministic target."""
+    import dataclasses
+
+    from sglang.srt.managers.schedule_batch import Req
+    from sglang.srt.sampling.sampling_params import SamplingParams
+
+    from graft_sglang.verify import verify_tree_greedy
+
+    vocab, topk, steps, n, new_tokens = 12, 3, 3, 16, 60
+    gen = torch.Generator().manual_seed(7)
+    table = torch.randint(0, vocab, (vocab, vocab), generator=gen)  # next = table[a, b]
+
+    def next_token(context: list[int]) -> int:
+        return int(table[context[-2], context[-1]])
+
+    prompts = [[1, 2, 3, 4], [5, 6, 5, 6, 7]]
+    expected = []
+    for prompt in prompts:
+        seq = list(prompt)
+        while len(seq) < len(prompt) + new_tokens:
+            seq.append(next_token(seq))
+        expected.append(seq[len(prompt):])
+
+    state = GraftState(GraftSettings(), n, vocab)
+    reqs = [Req(f"r{i}", "", array("q", p), SamplingParams()) for i, p in enumerate(prompts)]
+    for req in reqs:  # prefill produced the first token
+        req.output_ids.append(next_token(list(req.origin_input_ids)))
+    while min(len(r.output_ids) for r in reqs) < new_tokens:
+        rids = state.sync(reqs)
+        contexts = [[*r.origin_input_ids, *r.output_ids] for r in reqs]
+        draft = draft_candidates(*all_candidates(*eagle_loop_lists(gen, len(reqs), topk,
+                                                                   steps, vocab), n), topk, steps)
+        roots = torch.tensor([c[-1] for c in contexts])
+        seq_lens = torch.tensor([len(c) - 1 for c in contexts])
+        tree = state.proposer.build(rids, roots, seq_lens, draft)
+        vi = build_verify_input(tree, seq_lens, TreeMaskMode.QLEN_ONLY, topk=topk,
+                                num_steps=steps)
+        state.last_input = vi
+        predict = torch.empty(len(reqs), n, dtype=torch.int64)
+        for b, context in enumerate(contexts):
+            for node in range(n):
+                path = [int(tree.tokens[b, i]) for i in range(1, node + 1)
+                        if tree.layout.ancestors[b, node, i]]
+                predict[b, node] = next_token(context + path)
+        layout = dataclasses.replace(tree.layout, retrieve_index=vi.retrieve_index,
+                                     retrieve_next_token=vi.retrieve_next_token,
+                                     retrieve_next_sibling=vi.retrieve_next_sibling)
+        result = verify_tree_greedy(vi.draft_token.view(len(reqs), n), layout, predict,
+                                    vi.max_tree_depth)
+        for b, req in enumerate(reqs):
+            req.output_ids.extend(result.accepted_tokens(b))
+        state.account(result.accept_index, result.accept_length + 1)
+    for req, want in zip(reqs, expected, strict=True):
+        assert list(req.output_ids[:new_tokens]) == want
+    assert state.steps < new_tokens // 2  # speculation did work...
+    assert state.accepted_grafted > 0  # ...and grafted nodes were among the accepted

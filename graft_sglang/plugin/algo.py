@@ -31,12 +31,21 @@ def max_draft_candidates(steps: int, topk: int) -> int:
 
 
 def draft_is_eagle3(draft_model_path: str | None) -> bool:
-    """Whether the draft checkpoint is an EAGLE-3 head (its config's architectures)."""
+    """Whether the draft checkpoint (a local directory or a Hugging Face id) is an EAGLE-3
+    head, from its config's architectures (e.g. ``LlamaForCausalLMEagle3``)."""
     if not draft_model_path:
         return False
     config = Path(draft_model_path) / "config.json"
     if not config.is_file():
-        return False
+        from huggingface_hub import hf_hub_download
+
+        try:
+            config = Path(hf_hub_download(draft_model_path, "config.json"))
+        except Exception as err:  # any hub failure (offline, unknown id) means "cannot tell"
+            logger.warning("GRAFT: cannot read %s's config (%s); assuming an EAGLE (not "
+                           "EAGLE-3) head; set SGLANG_GRAFT_EAGLE3=1 if it is one",
+                           draft_model_path, err)
+            return False
     archs = json.loads(config.read_text()).get("architectures") or []
     return any("eagle3" in a.lower() for a in archs)
 
@@ -73,7 +82,15 @@ def check_server_args(sa: Any) -> None:
         raise ValueError(f"--speculative-num-draft-tokens must be in [2, {limit}] for "
                          f"--speculative-num-steps {steps} and --speculative-eagle-topk {topk} "
                          f"(the root plus the draft loop's candidates), got {n}")
+    if (getattr(sa, "pp_size", 1) or 1) > 1:
+        raise ValueError("GRAFT supports --pp-size 1 only (pipeline parallelism relays "
+                         "SGLang's dense tree topology between stages)")
     backend = getattr(sa, "attention_backend", None)
+    backends = {backend, getattr(sa, "decode_attention_backend", None),
+                getattr(sa, "prefill_attention_backend", None)}
+    if "trtllm_mha" in backends:
+        raise ValueError("--attention-backend trtllm_mha verifies chains only (topk = 1); "
+                         "GRAFT needs a tree backend, e.g. flashinfer, fa3 or triton")
     if (getattr(sa, "page_size", 1) or 1) > 1 and backend not in (None, *PAGED_TREE_BACKENDS):
         raise ValueError(f"GRAFT with --page-size > 1 needs --attention-backend in "
                          f"{PAGED_TREE_BACKENDS}, got {backend!r}")

@@ -20,8 +20,8 @@ def register() -> None:
     from sglang.srt.speculative import spec_registry
     from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
 
+    from graft_sglang.plugin import metrics, radix_feed
     from graft_sglang.plugin.algo import GraftAlgo, check_server_args
-    from graft_sglang.plugin.radix_feed import register_hooks
 
     if spec_registry.get_spec(ALGORITHM) is not None:
         return
@@ -29,4 +29,5 @@ def register() -> None:
         ALGORITHM, supports_overlap=False, validate_server_args=check_server_args,
         spec_class=GraftAlgo,
     )(_worker_factory)
-    register_hooks()
+    radix_feed.register_hooks()
+    metrics.register_hooks()

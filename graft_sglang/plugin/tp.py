@@ -3,14 +3,17 @@
 Every TP rank runs its own scheduler and GRAFT worker, and all ranks must verify the same tree.
 
 Default: **deterministic build**. The builder's inputs are identical on every rank: the draft
-loop's logits are gathered across ranks before top-k, the request tokens are the same, and the
-retrieval index receives the same inserts in the same order (it is a pure function of them: no
-hashing of strings, no clocks, no thread timing). This costs nothing per step.
+loop's logits come out of all-reduce / all-gather collectives that hand every rank the same
+bits (SGLang's own EAGLE tree build relies on this on CUDA), the request tokens are the same,
+and the retrieval index receives the same inserts in the same order (it is a pure function of
+them: no string hashing, clocks or thread timing; the radix cache it mirrors is driven by the
+same scheduling decisions on every rank). Extra cost per step: nothing.
 
-Safety switch (``SGLANG_GRAFT_TP_BROADCAST=1``): **broadcast from rank 0** the tree's tokens and
-parents (``2 * bs * N`` int64: 64 KB at bs = 64, N = 64) and rebuild the layout locally. One
-extra collective per step, a synchronisation point: worth it only if a rank could diverge (for
-example a retrieval corpus fed differently on some rank).
+Switch (``SGLANG_GRAFT_TP_BROADCAST=1``): **broadcast from rank 0** the tree's tokens, parents,
+sources and scores (``4 * bs * N`` int64: 128 KiB at bs = 64, N = 64; one NCCL broadcast, tens
+of microseconds on NVLink, but a synchronisation point that serialises the ranks every step) and
+rebuild the layout locally. Worth it where ranks can draw different draft tokens: SGLang notes
+this on ROCm, where it broadcasts the verify result for the same reason.
 """
 
 from __future__ import annotations

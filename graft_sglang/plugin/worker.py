@@ -77,8 +77,8 @@ class GraftDraftWorker(EagleDraftWorker):
             return super().draft_forward(forward_batch)
 
     def draft(self, batch: Any, *, with_topology: bool = False) -> Any:
-        if with_topology:
-            raise NotImplementedError("GRAFT does not support pipeline parallelism yet")
+        if with_topology:  # only pipeline parallelism asks; refused at start-up
+            raise NotImplementedError("GRAFT does not support pipeline parallelism")
         rids = self.graft.sync(batch.reqs)
         build = functools.partial(build_graft_verify_input, proposer=self.graft.proposer,
                                   rids=rids, broadcast=self.graft.broadcast)
@@ -108,13 +108,14 @@ class GraftState:
         complete in synchronous scheduling). Returns the batch's rids in order."""
         rids = []
         for req in reqs:
-            tokens = list(req.origin_input_ids) + list(req.output_ids)
+            prompt_len = len(req.origin_input_ids)
             done = self.indexed.get(req.rid)
             if done is None:
-                self.retriever.start_request(req.rid, tokens)
-            elif len(tokens) > done:
-                self.retriever.extend_request(req.rid, tokens[done:])
-            self.indexed[req.rid] = len(tokens)
+                self.retriever.start_request(
+                    req.rid, [*req.origin_input_ids, *req.output_ids])
+            elif prompt_len + len(req.output_ids) > done:  # only the new tokens: O(step)
+                self.retriever.extend_request(req.rid, list(req.output_ids[done - prompt_len:]))
+            self.indexed[req.rid] = prompt_len + len(req.output_ids)
             rids.append(req.rid)
         return rids
 

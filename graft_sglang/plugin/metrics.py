@@ -1,0 +1,37 @@
+"""Graft's per-source acceptance metrics next to SGLang's own speculative metrics.
+
+SGLang reports ``avg_spec_accept_length`` in each scheduler's internal state (``/server_info``,
+``internal_states[i]``; ``sglang.benchmark.serving`` reads it from there). An AFTER hook on the
+method that writes it adds the GRAFT worker's counters beside it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+INTERNAL_STATE = ("sglang.srt.managers.scheduler_components.internal_state."
+                  "SchedulerInternalStateController._add_speculative")
+
+
+def graft_metrics(graft: Any) -> dict[str, float | int]:
+    """The counters of a worker's ``GraftState``: accepted tokens (bonus excluded) by the source
+    of their tree node, and the grafted share of them."""
+    return {
+        "graft_steps": graft.steps,
+        "graft_accepted_draft_tokens": graft.accepted_draft,
+        "graft_accepted_grafted_tokens": graft.accepted_grafted,
+        "graft_grafted_share": graft.grafted_share,
+    }
+
+
+def add_graft_metrics(result: Any, controller: Any, state: dict[str, Any]) -> Any:
+    graft = getattr(getattr(controller.scheduler, "draft_worker", None), "graft", None)
+    if graft is not None:
+        state.update(graft_metrics(graft))
+    return result
+
+
+def register_hooks() -> None:
+    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+
+    HookRegistry.register(INTERNAL_STATE, add_graft_metrics, HookType.AFTER)
