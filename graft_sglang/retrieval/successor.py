@@ -6,13 +6,26 @@ rewrites the row of its own token (Token Recycling's mechanism). Rows never writ
 nothing. A proposal walks a fixed, lopsided rank template from the root token (one batched
 gather per level, no host round trip): level ``d`` has ``widths[d]`` nodes, node ``(parent,
 rank)`` gets token ``table[token(parent), rank]``, and the template prefers low rank sums, so
-the rank-0 chain runs deepest. Siblings come from one row, hence are distinct. Identical
-updates give identical tables on every tensor-parallel rank.
+the rank-0 chain runs deepest. A node's path probability is the product of the stored
+probabilities on its path.
+
+Duplicate siblings: siblings come from one row, and a row never repeats a token (``top-k``
+cannot; ``update`` drops a repeated id within a row, keeping its first, higher-ranked entry).
+The template does not skip to the next rank: a dropped or empty entry leaves its slot, and its
+whole subtree, empty (invalid). Identical updates give identical tables on every
+tensor-parallel rank.
+
+Measured (``python -m bench.retrieval --target-logits``, CPU, one thread, 16 slots): a walk
+takes about 190 us at bs 1 and 330 us at bs 32 (small torch ops, a few per level; a fused
+kernel would make it one launch), an update about 110 us. Its path probabilities describe the
+row's last context, not the current one, and are over-confident (nodes rated 0.9-1.0 were
+right 26-58% of the time): give its slots a ``GraftConfig.retrieval_weight`` below 1.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 
 import torch
 
@@ -21,23 +34,28 @@ from graft_sglang.tree.retrieved import RetrievedCandidates
 PAPER_WIDTHS = (8, 10, 8, 6, 5, 4, 4, 4, 3)
 
 
-def rank_template(widths: Sequence[int], k: int) -> tuple[list[int], list[int]]:
+@lru_cache(maxsize=64)
+def rank_template(widths: tuple[int, ...], k: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Parents (template index, -1 = root) and ranks of a lopsided template, level by level.
 
     Candidate (parent j, rank r) costs ``cost(j) + r``; each level keeps its ``widths[d]``
-    cheapest candidates (ties: earlier parent, then lower rank).
+    cheapest candidates (ties: earlier parent, then lower rank), so the rank-0 chain (cost 0)
+    reaches every level.
     """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
     if not widths or any(w < 1 for w in widths):
-        raise ValueError(f"widths must be positive, got {tuple(widths)}")
-    if widths[0] > k:
-        raise ValueError(f"widths[0] = {widths[0]} exceeds the table width k = {k}")
+        raise ValueError(f"widths must be a non-empty sequence of integers >= 1, got {widths}")
     parents: list[int] = []
     ranks: list[int] = []
     level = [(-1, 0)]  # (template index, cost) of the previous level
-    for width in widths:
+    for d, width in enumerate(widths):
+        if width > len(level) * k:
+            raise ValueError(f"widths[{d}] = {width} exceeds the {len(level) * k} candidates "
+                             f"of the level above (its width times the table width k = {k})")
         cands = sorted(
-            ((cost + r, order, idx, r) for order, (idx, cost) in enumerate(level)
-             for r in range(k)),
+            (cost + r, order, idx, r) for order, (idx, cost) in enumerate(level)
+            for r in range(k)
         )[:width]
         nxt = []
         for cost, _, parent, r in sorted(cands, key=lambda c: (c[1], c[3])):
@@ -45,81 +63,145 @@ def rank_template(widths: Sequence[int], k: int) -> tuple[list[int], list[int]]:
             ranks.append(r)
             nxt.append((len(parents) - 1, cost))
         level = nxt
-    return parents, ranks
+    return tuple(parents), tuple(ranks)
 
 
 class SuccessorTable:
-    """``[vocab, k]`` next-token table (see module docstring)."""
+    """``[vocab, k]`` next-token table (see module docstring).
+
+    Stored with one extra sentinel row ``vocab_size`` of empty entries (id ``vocab_size``,
+    probability 0): an empty entry points there, so a walk through it stays empty without any
+    masking.
+    """
 
     def __init__(self, vocab_size: int, k: int = 10, device: torch.device | str = "cpu") -> None:
-        if vocab_size < 1 or k < 1:
-            raise ValueError(f"vocab_size and k must be >= 1, got {vocab_size}, {k}")
+        if vocab_size < 1:
+            raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
         self.vocab_size, self.k = vocab_size, k
-        self.ids = torch.full((vocab_size, k), -1, dtype=torch.int64, device=device)
-        self.probs = torch.zeros(vocab_size, k, dtype=torch.float32, device=device)
+        self._next = torch.full((vocab_size + 1, k), vocab_size, dtype=torch.int64,
+                                device=device)
+        self._probs = torch.zeros(vocab_size + 1, k, dtype=torch.float32, device=device)
+        # [k, k]: entry j comes before entry r in a row (j < r).
+        self._earlier = torch.ones(k, k, dtype=torch.bool, device=device).tril(-1)
+        self._templates: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self._parents: dict[tuple[int, ...], torch.Tensor] = {}  # template parents [R]
+
+    @property
+    def ids(self) -> torch.Tensor:
+        """[vocab, k] int64: the stored next tokens, ``-1`` where a row has no entry."""
+        rows = self._next[: self.vocab_size]
+        return torch.where(rows == self.vocab_size, -1, rows)
+
+    @property
+    def probs(self) -> torch.Tensor:
+        """[vocab, k] float32: their probabilities (0 where there is no entry)."""
+        return self._probs[: self.vocab_size]
+
+    def _check_ids(self, name: str, ids: torch.Tensor, low: int) -> None:
+        if ids.dtype.is_floating_point or ids.dtype == torch.bool:
+            raise ValueError(f"{name} must be an integer tensor, got {ids.dtype}")
+        if ids.numel():
+            lo, hi = (int(v) for v in torch.aminmax(ids))
+            if lo < low or hi >= self.vocab_size:
+                raise ValueError(f"{name} must be in [{low}, {self.vocab_size}), got values "
+                                 f"in [{lo}, {hi}]")
 
     def update(
         self, tokens: torch.Tensor, next_ids: torch.Tensor, next_probs: torch.Tensor
     ) -> None:
-        """tokens [n]; next_ids / next_probs [n, k]: row ``tokens[i]`` := entry i (last wins)."""
-        if next_ids.shape != (tokens.shape[0], self.k) or next_probs.shape != next_ids.shape:
-            raise ValueError(f"next_ids and next_probs must be [{tokens.shape[0]}, {self.k}]")
-        if tokens.numel() == 0:
+        """tokens [n]; next_ids [n, k] (``-1`` = no entry); next_probs [n, k] in [0, 1].
+
+        Row ``tokens[i]`` := entry i; for a token given twice, the later entry wins.
+        """
+        n = tokens.shape[0] if tokens.dim() == 1 else -1
+        if n < 0 or next_ids.shape != (n, self.k) or next_probs.shape != (n, self.k):
+            raise ValueError(f"update needs tokens [n], next_ids and next_probs [n, {self.k}], "
+                             f"got {tuple(tokens.shape)}, {tuple(next_ids.shape)}, "
+                             f"{tuple(next_probs.shape)}")
+        if n == 0:
             return
-        if int(tokens.min()) < 0 or int(tokens.max()) >= self.vocab_size:
-            raise ValueError(f"tokens must be in [0, {self.vocab_size})")
-        # Deterministic "last write wins" for repeated tokens: keep each token's last entry.
-        n = tokens.shape[0]
-        order = torch.arange(n, device=tokens.device)
-        last = torch.full((self.vocab_size,), -1, dtype=torch.int64, device=tokens.device)
-        last.scatter_reduce_(0, tokens, order, reduce="amax")
-        keep = last[tokens] == order
-        self.ids[tokens[keep]] = next_ids[keep].to(self.ids)
-        self.probs[tokens[keep]] = next_probs[keep].float().to(self.probs)
+        self._check_ids("tokens", tokens, 0)
+        self._check_ids("next_ids", next_ids, -1)
+        lo, hi = (float(v) for v in torch.aminmax(next_probs.float()))
+        if not (lo >= 0.0 and hi <= 1.0):  # also catches NaN
+            raise ValueError(f"next_probs must be in [0, 1], got values in [{lo}, {hi}]")
+        device = self._next.device
+        tokens, ids = tokens.to(device), next_ids.to(device)
+        probs = next_probs.to(device=device, dtype=torch.float32)
+        # A repeated id within a row would make duplicate siblings: keep its first entry only.
+        repeated = ((ids.unsqueeze(2) == ids.unsqueeze(1)) & self._earlier).any(dim=2)
+        empty = (ids < 0) | (probs <= 0) | repeated
+        ids = torch.where(empty, self.vocab_size, ids)
+        probs = torch.where(empty, 0.0, probs)
+        # Deterministic "last write wins" for a token given twice: write each token's last entry.
+        sorted_tokens, order = torch.sort(tokens, stable=True)
+        last = torch.ones(n, dtype=torch.bool, device=device)
+        last[:-1] = sorted_tokens[1:] != sorted_tokens[:-1]
+        rows = order[last]
+        self._next[tokens[rows]] = ids[rows]
+        self._probs[tokens[rows]] = probs[rows]
 
     def update_from_logits(self, tokens: torch.Tensor, logits: torch.Tensor) -> None:
-        """tokens [n] (each verified node's own token); logits [n, V] the target's at that node."""
-        if logits.shape != (tokens.shape[0], self.vocab_size):
-            raise ValueError(f"logits must be [{tokens.shape[0]}, {self.vocab_size}]")
+        """tokens [n] (each verified node's own token); logits [n, vocab] the target's there."""
+        if tokens.dim() != 1 or logits.shape != (tokens.shape[0], self.vocab_size):
+            raise ValueError(f"update_from_logits needs tokens [n] and logits [n, "
+                             f"{self.vocab_size}], got {tuple(tokens.shape)}, "
+                             f"{tuple(logits.shape)}")
         probs, ids = torch.topk(torch.softmax(logits.float(), dim=-1), self.k, dim=-1)
         self.update(tokens, ids, probs)
+
+    def _levels(self, widths: tuple[int, ...]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per level: (parent position within the level above [w], rank [w]) on the device.
+
+        Every template parent lies in the level just above, so a walk needs only that level.
+        """
+        if widths not in self._templates:
+            parents, ranks = rank_template(widths, self.k)
+            device = self._next.device
+            levels, start, above = [], 0, 0
+            for width in widths:
+                par = [p - above if p >= 0 else 0 for p in parents[start : start + width]]
+                levels.append((torch.tensor(par, device=device),
+                               torch.tensor(ranks[start : start + width], device=device)))
+                above, start = start, start + width
+            self._templates[widths] = levels
+            self._parents[widths] = torch.tensor(parents, device=device)
+        return self._templates[widths]
 
     def propose(
         self, root_tokens: torch.Tensor, widths: Sequence[int] = PAPER_WIDTHS,
         num_draft: int = 0,
     ) -> RetrievedCandidates:
-        """root_tokens [bs] -> ``sum(widths)`` retrieved slots per request below the root."""
-        parents, ranks = rank_template(widths, self.k)
-        device = self.ids.device
-        bs, r = root_tokens.shape[0], len(parents)
-        par = torch.tensor(parents, device=device)
-        rank = torch.tensor(ranks, device=device)
-        tokens = torch.zeros(bs, r, dtype=torch.int64, device=device)
-        probs = torch.zeros(bs, r, dtype=torch.float32, device=device)
-        valid = torch.zeros(bs, r, dtype=torch.bool, device=device)
-        root = root_tokens.to(device=device, dtype=torch.int64)
-        start = 0
-        for width in widths:  # one gather per level
-            sl = slice(start, start + width)
-            p = par[sl]
-            from_root = p < 0
-            parent_tok = torch.where(from_root, root.unsqueeze(1), tokens[:, p.clamp(min=0)])
-            parent_ok = from_root | valid[:, p.clamp(min=0)]
-            parent_prob = torch.where(from_root, torch.ones_like(probs[:, sl]),
-                                      probs[:, p.clamp(min=0)])
-            row_ids = self.ids[parent_tok.clamp(min=0)]  # [bs, width, k]
-            row_probs = self.probs[parent_tok.clamp(min=0)]
-            idx = rank[sl].view(1, width, 1).expand(bs, width, 1)
-            tok = torch.gather(row_ids, 2, idx).squeeze(2)
-            prob = torch.gather(row_probs, 2, idx).squeeze(2)
-            ok = parent_ok & (tok >= 0) & (prob > 0)
-            tokens[:, sl] = torch.where(ok, tok, torch.zeros_like(tok))
-            probs[:, sl] = torch.where(ok, parent_prob * prob, torch.zeros_like(prob))
-            valid[:, sl] = ok
-            start += width
-        parents_combined = torch.where(par < 0, par, par + num_draft).expand(bs, r).clone()
+        """root_tokens [bs] -> ``sum(widths)`` retrieved slots per request below the root.
+
+        ``num_draft``: draft candidates of the step (retrieved parents are offset by it in the
+        combined index space of ``RetrievedCandidates``).
+        """
+        if root_tokens.dim() != 1:
+            raise ValueError(f"root_tokens must be [bs], got shape {tuple(root_tokens.shape)}")
+        if num_draft < 0:
+            raise ValueError(f"num_draft must be >= 0, got {num_draft}")
+        self._check_ids("root_tokens", root_tokens, 0)
+        widths = tuple(widths)
+        levels = self._levels(widths)
+        device = self._next.device
+        bs = root_tokens.shape[0]
+        tok = root_tokens.to(device).unsqueeze(1)  # [bs, 1]: the level above level 0
+        prob = torch.ones(bs, 1, device=device)
+        level_tokens, level_probs = [], []
+        for par, rank in levels:  # one gather per level
+            entry = tok[:, par] * self.k + rank  # [bs, width] flat entries of the parents' rows
+            tok = torch.take(self._next, entry)
+            prob = prob[:, par] * torch.take(self._probs, entry)
+            level_tokens.append(tok)
+            level_probs.append(prob)
+        tokens, path_probs = torch.cat(level_tokens, dim=1), torch.cat(level_probs, dim=1)
+        valid = path_probs > 0  # empty entries have probability 0, and so has their subtree
+        parents = self._parents[widths]
+        parents = torch.where(parents >= 0, parents + num_draft, -1).expand(bs, -1)
         return RetrievedCandidates(
-            tokens=tokens, parents=parents_combined,
-            anchors=torch.full((bs, r), -1, dtype=torch.int64, device=device),
-            path_probs=probs.clamp(max=1.0), valid=valid,
+            tokens=torch.where(valid, tokens, 0), parents=parents.clone(),
+            anchors=torch.full_like(tokens, -1), path_probs=path_probs, valid=valid,
         )
