@@ -25,7 +25,7 @@ from bench.plot import plot
 from graft_sglang.engine.decode import Sampling, SpeculativeEngine
 from graft_sglang.engine.drafters.base import Drafter
 from graft_sglang.engine.drafters.lm import LMDrafter, truncated_copy
-from graft_sglang.engine.methods import METHODS, make_method
+from graft_sglang.engine.methods import METHODS, PAPER_MODES, make_method
 from graft_sglang.engine.model import DEFAULT_MODEL, load_model
 from graft_sglang.engine.runner import (
     MethodRun,
@@ -57,7 +57,8 @@ def make_drafter(spec: str, target: torch.nn.Module) -> tuple[Drafter | None, st
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--methods", nargs="+", default=list(METHODS),
+                   choices=METHODS + PAPER_MODES)
     p.add_argument("--dataset", default="mtbench", choices=("mtbench", "longctx"))
     p.add_argument("--prompts", type=int, default=4, help="first K prompts of the dataset")
     p.add_argument("--budget", type=int, nargs="+", default=[16], help="tree sizes N to sweep")

@@ -15,44 +15,7 @@ from graft_sglang.engine.decode import Sampling, SpeculativeEngine
 from graft_sglang.engine.drafters.lm import LMDrafter, truncated_copy
 from graft_sglang.engine.methods import METHODS, make_method
 from graft_sglang.tree.layout import tree_layout
-
-transformers = pytest.importorskip("transformers")
-
-VOCAB = 32
-PROMPTS = ([1, 2, 3, 4, 5, 1, 2, 3], [7, 7, 9, 3, 7, 7, 9], [11, 30, 4, 16, 11, 30])
-
-
-def tiny_llama(seed: int, layers: int = 3, sharpen: float = 6.0,
-               vocab: int = VOCAB) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    cfg = transformers.LlamaConfig(
-        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        eos_token_id=None, bos_token_id=None, pad_token_id=None,
-    )
-    model = transformers.LlamaForCausalLM(cfg).eval()
-    with torch.no_grad():  # sharper outputs: greedy text with repeats worth retrieving
-        model.lm_head.weight.mul_(sharpen)
-    return model
-
-
-@pytest.fixture(scope="module")
-def target() -> torch.nn.Module:
-    torch.set_num_threads(1)
-    return tiny_llama(0)
-
-
-@pytest.fixture(scope="module")
-def references(target: torch.nn.Module) -> dict[int, list[int]]:
-    """Plain greedy decoding with full recomputation (no cache, no engine)."""
-    out = {}
-    with torch.no_grad():
-        for i, prompt in enumerate(PROMPTS):
-            ids = list(prompt)
-            for _ in range(40):
-                ids.append(int(target(torch.tensor([ids])).logits[0, -1].argmax()))
-            out[i] = ids[len(prompt):]
-    return out
+from tests.tiny_models import PROMPTS, VOCAB, tiny_llama
 
 
 def drafters(target: torch.nn.Module) -> dict[str, LMDrafter]:

@@ -14,6 +14,11 @@ from graft_sglang.stages import StagePolicy
 from graft_sglang.tree.builder import GraftConfig
 
 METHODS = ("autoregressive", "chain", "dense", "pruned", "retrieval", "graft")
+# The paper's recipe and its ablations (graft-paper-notes.md): stop-drafting checkpoints with a
+# stage budget split and the successor table; ROOT (retrieval at the root takes a fixed share,
+# no pruning); TAIL (retrieval only after the best kept draft path); w/o prune (the deepest
+# stage's split always, no confidence trigger).
+PAPER_MODES = ("graft-paper", "graft-noprune", "graft-root", "graft-tail")
 RETRIEVAL_SOURCES = ("suffix", "successor")
 
 
@@ -62,8 +67,9 @@ def make_method(
     graphs); by default the engine verifies only the real nodes, since a CPU forward's cost grows
     with every node (``pruned`` always trims: its tree size varies by design).
     """
-    if name not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {name!r}")
+    if name not in METHODS + PAPER_MODES:
+        raise ValueError(f"method must be one of {', '.join(METHODS + PAPER_MODES)}, "
+                         f"got {name!r}")
     if retrieval not in RETRIEVAL_SOURCES:
         raise ValueError(f"retrieval must be one of {RETRIEVAL_SOURCES}, got {retrieval!r}")
     if budget < 2:
@@ -86,6 +92,34 @@ def make_method(
     if name == "retrieval":
         return Method(name, config=dense, plan=RetrievalPlan(budget - 1, 0, 0),
                       retrieval=retrieval, trim=trim)
+    if name in PAPER_MODES:
+        return _paper_mode(name, budget, topk, depth, threshold, vocab_size, trim)
     config = GraftConfig(budget=budget, threshold=threshold, vocab_size=vocab_size)
     plan = RetrievalPlan(budget - 1, draft_anchors, max(1, (budget - 1) // 4))
     return Method(name, True, topk, depth, config, plan, retrieval, stages, stop_below, trim)
+
+
+def _paper_mode(name: str, budget: int, topk: int, depth: int, threshold: float,
+                vocab_size: int | None, trim: bool) -> Method:
+    k = budget - 1
+    policy = StagePolicy()
+    if name == "graft-paper":
+        # No checkpoint fired: every slot is the draft's (EAGLE-3's dense tree); a fired stage
+        # lowers the quota to its split and the successor table fills the rest.
+        config = GraftConfig(budget=budget, threshold=None, draft_quota=k,
+                             vocab_size=vocab_size)
+        return Method(name, True, topk, depth, config, retrieval="successor", stages=policy,
+                      trim=trim)
+    if name == "graft-noprune":
+        config = GraftConfig(budget=budget, threshold=None,
+                             draft_quota=policy.draft_quota(len(policy.levels) - 1, budget),
+                             vocab_size=vocab_size)
+        return Method(name, True, topk, depth, config, retrieval="successor", trim=trim)
+    if name == "graft-root":
+        config = GraftConfig(budget=budget, threshold=None, draft_quota=k - k // 2,
+                             vocab_size=vocab_size)
+        return Method(name, True, topk, depth, config, RetrievalPlan(k, 0, 0), "suffix",
+                      trim=trim)
+    config = GraftConfig(budget=budget, threshold=threshold, vocab_size=vocab_size)
+    return Method(name, True, topk, depth, config, RetrievalPlan(0, 1, k), "suffix",
+                  stop_below=threshold, trim=trim)

@@ -33,8 +33,10 @@ class Drafter(Protocol):
 
         token_ids: [T] int64, the tokens at the next T positions of the sequence.
         features:  layer -> [T, H] target hidden states at those positions (keys =
-            ``feature_layers``). Called once with the prompt, then after each verification with
-            the accepted tokens except the bonus token (which becomes the next root).
+            ``feature_layers``). The engine calls it first with ``prompt[:-1]`` and the
+            prefill's features (the last prompt token is the first root), then after each
+            verification with ``[root, accepted drafts...]``: the step's root and every
+            accepted token except the bonus, which becomes the next root.
         """
 
     def propose(
