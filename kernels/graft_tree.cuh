@@ -33,6 +33,8 @@ namespace graft {
 constexpr float kPrunedOffset = 2.0f;  // demoted (pruned) keys live in [-2, -1)
 constexpr float kInvalidKey = -10.0f;
 constexpr int kDraft = 1, kRetrieved = 2, kFiller = 4;
+// SGLang's TreeMaskMode; kNoMask skips the mask.
+constexpr int kNoMask = -1, kFullMask = 0, kQlenOnly = 1, kQlenOnlyBitpacking = 2;
 
 struct BuildArgs {
   // Candidate pool, [bs, C] row-major: the first m are draft candidates.
@@ -66,6 +68,10 @@ struct BuildArgs {
   int64_t* out_retrieve_index;
   int64_t* out_next_token;
   int64_t* out_next_sibling;
+  // Attention mask in SGLang's layout for mask_mode (graft_sglang.tree.layout.tree_mask):
+  // FULL [sum(seq_lens) * N + bs * N * N], QLEN_ONLY [bs * N * N], BITPACKING [bs * N * W].
+  int mask_mode;
+  uint8_t* out_mask;
 };
 
 // Float <-> int bijection that preserves order (for atomic max on floats; non-NaN only).
@@ -91,6 +97,33 @@ GT_DEVICE void atomic_or_i32(int32_t* p, int32_t v) { *p |= v; }
 
 // Build the tree of request b. Every GT_FOR loop is independent across its index, and every
 // GT_SYNC separates phases that read what the previous phase wrote.
+// Mask rows of request b from its ancestor matrix anc [N, N] (already written).
+GT_DEVICE void write_mask(const BuildArgs& a, int b, const uint8_t* anc) {
+  const int N = a.N;
+  if (a.mask_mode == kQlenOnly) {
+    uint8_t* out = a.out_mask + (int64_t)b * N * N;
+    GT_FOR(i, N * N) { out[i] = anc[i]; }
+  } else if (a.mask_mode == kQlenOnlyBitpacking) {
+    const int width = N > 16 ? 4 : (N > 8 ? 2 : 1);  // bytes per row, little endian
+    uint8_t* out = a.out_mask + (int64_t)b * N * width;
+    GT_FOR(e, N * width) {
+      const int i = e / width, first = (e % width) * 8;
+      uint8_t byte = 0;
+      for (int k = 0; k < 8 && first + k < N; ++k) byte |= anc[(int64_t)i * N + first + k] << k;
+      out[e] = byte;
+    }
+  } else {  // kFullMask: row i = seq_len prefix columns (all visible), then anc row i
+    int64_t offset = (int64_t)b * N * N;
+    for (int r = 0; r < b; ++r) offset += a.seq_lens[r] * N;
+    const int64_t len = a.seq_lens[b], row = len + N;
+    uint8_t* out = a.out_mask + offset;
+    GT_FOR(e, static_cast<int>(N * row)) {  // flat, so consecutive threads write consecutive bytes
+      const int64_t i = e / row, j = e % row;
+      out[e] = j < len ? 1 : anc[i * N + (j - len)];
+    }
+  }
+}
+
 GT_DEVICE void build_request(const BuildArgs& a, int b) {
   const int C = a.C, N = a.N, m = a.m, K = N - 1;
   const int64_t* tok = a.tokens + (int64_t)b * C;
@@ -262,6 +295,9 @@ GT_DEVICE void build_request(const BuildArgs& a, int b) {
     a.out_next_token[(int64_t)b * N + i] = first_child;
     a.out_next_sibling[(int64_t)b * N + i] = next_sib;
   }
+  if (a.mask_mode == kNoMask) return;
+  GT_SYNC();
+  write_mask(a, b, anc);
 }
 
 }  // namespace graft

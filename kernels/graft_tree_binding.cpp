@@ -23,12 +23,15 @@ void check(const torch::Tensor& t, const char* name, torch::ScalarType dtype, in
 }  // namespace
 
 // Returns (tokens, parents, scores, source, ancestors, depth, positions, retrieve_index,
-// retrieve_next_token, retrieve_next_sibling), all [bs, N] except ancestors [bs, N, N].
+// retrieve_next_token, retrieve_next_sibling, mask), all [bs, N] except ancestors [bs, N, N] and
+// mask (uint8, SGLang's flat layout for mask_mode; empty for mask_mode -1). seq_lens_sum (the
+// host's copy of sum(seq_lens), as SGLang keeps it) sizes the FULL_MASK without a device sync.
 std::vector<torch::Tensor> build_tree(torch::Tensor tokens, torch::Tensor parents,
                                       torch::Tensor scores, torch::Tensor valid,
                                       torch::Tensor root_tokens, torch::Tensor seq_lens,
                                       int64_t num_draft, int64_t budget, double threshold,
-                                      double relative, int64_t quota, bool top_up) {
+                                      double relative, int64_t quota, bool top_up,
+                                      int64_t mask_mode, int64_t seq_lens_sum) {
   const int64_t bs = tokens.size(0), c = tokens.size(1);
   check(tokens, "tokens", torch::kInt64, bs, c);
   check(parents, "parents", torch::kInt64, bs, c);
@@ -37,6 +40,11 @@ std::vector<torch::Tensor> build_tree(torch::Tensor tokens, torch::Tensor parent
   check(root_tokens, "root_tokens", torch::kInt64, bs, -1);
   check(seq_lens, "seq_lens", torch::kInt64, bs, -1);
   TORCH_CHECK(budget >= 2 && num_draft >= 0 && num_draft <= c, "bad budget / num_draft");
+  TORCH_CHECK(mask_mode >= graft::kNoMask && mask_mode <= graft::kQlenOnlyBitpacking,
+              "mask_mode must be in [-1, 2], got ", mask_mode);
+  TORCH_CHECK(mask_mode != graft::kQlenOnlyBitpacking || budget <= 32,
+              "QLEN_ONLY_BITPACKING supports N <= 32, got N = ", budget);
+  TORCH_CHECK(mask_mode != graft::kFullMask || seq_lens_sum >= 0, "seq_lens_sum must be >= 0");
   const auto dev = tokens.device();
   auto i32 = torch::TensorOptions().dtype(torch::kInt32).device(dev);
   auto i64 = torch::TensorOptions().dtype(torch::kInt64).device(dev);
@@ -50,6 +58,12 @@ std::vector<torch::Tensor> build_tree(torch::Tensor tokens, torch::Tensor parent
   auto out_source = torch::empty({bs, budget}, i64);
   auto out_anc = torch::empty({bs, budget, budget}, u8);
   auto links = torch::empty({5, bs, budget}, i64);
+  int64_t mask_size = 0;
+  if (mask_mode == graft::kFullMask) mask_size = seq_lens_sum * budget + bs * budget * budget;
+  if (mask_mode == graft::kQlenOnly) mask_size = bs * budget * budget;
+  if (mask_mode == graft::kQlenOnlyBitpacking)
+    mask_size = bs * budget * (budget > 16 ? 4 : (budget > 8 ? 2 : 1));
+  auto mask = torch::empty({mask_size}, u8);
 
   graft::BuildArgs a{};
   a.tokens = tokens.data_ptr<int64_t>();
@@ -85,6 +99,8 @@ std::vector<torch::Tensor> build_tree(torch::Tensor tokens, torch::Tensor parent
   a.out_retrieve_index = l + 2 * bs * budget;
   a.out_next_token = l + 3 * bs * budget;
   a.out_next_sibling = l + 4 * bs * budget;
+  a.mask_mode = static_cast<int>(mask_mode);
+  a.out_mask = mask.data_ptr<uint8_t>();
 
   if (dev.is_cuda()) {
 #ifdef GRAFT_WITH_CUDA
@@ -97,7 +113,7 @@ std::vector<torch::Tensor> build_tree(torch::Tensor tokens, torch::Tensor parent
     for (int b = 0; b < a.bs; ++b) graft::build_request(a, b);
   }
   return {out_tokens, out_parents, out_scores, out_source, out_anc,
-          links[0],   links[1],    links[2],   links[3],   links[4]};
+          links[0],   links[1],    links[2],   links[3],   links[4], mask};
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

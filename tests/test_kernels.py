@@ -23,6 +23,7 @@ from graft_sglang.tree.kernel import (
     build_graft_tree_fast,
     load_extension,
 )
+from graft_sglang.tree.layout import TreeMaskMode, tree_mask
 from tests.random_inputs import eagle_draft, random_retrieved
 from tests.test_builder_properties import step_inputs
 
@@ -35,6 +36,26 @@ def assert_same_tree(a: GraftTree, b: GraftTree) -> None:
     for name in ("ancestors", "depth", "positions", "retrieve_index", "retrieve_next_token",
                  "retrieve_next_sibling"):
         assert torch.equal(getattr(a.layout, name).cpu(), getattr(b.layout, name).cpu()), name
+
+
+def mask_modes(n: int) -> list[TreeMaskMode]:
+    """The mask modes SGLang allows at budget n (bit packing holds at most 32 columns)."""
+    return [m for m in TreeMaskMode if m != TreeMaskMode.QLEN_ONLY_BITPACKING or n <= 32]
+
+
+def assert_same_tree_and_masks(roots: torch.Tensor, lens: torch.Tensor, draft, retrieved,
+                               config: GraftConfig) -> None:
+    """Kernel vs reference on whatever device the inputs live on (reference runs on the CPU)."""
+    cpu = [x.cpu() for x in (draft.tokens, draft.parents, draft.scores)]
+    want = build_graft_tree(roots.cpu(), lens.cpu(), type(draft)(*cpu),
+                            type(retrieved)(*(getattr(retrieved, f).cpu() for f in
+                                              ("tokens", "parents", "anchors", "path_probs",
+                                               "valid"))), config)
+    for mode in mask_modes(config.budget):
+        got, mask = build_graft_tree_compiled(roots, lens, draft, retrieved, config, mode)
+        assert_same_tree(want, got)
+        want_mask = tree_mask(want.layout.ancestors, lens.cpu(), mode).to(torch.uint8)
+        assert torch.equal(mask.cpu(), want_mask), mode.name
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +71,9 @@ def cpu_kernel() -> None:
 @given(step_inputs())
 def test_cpu_build_equals_reference(cpu_kernel: None, inputs) -> None:
     roots, seq_lens, draft, retrieved, config = inputs
-    assert_same_tree(build_graft_tree(roots, seq_lens, draft, retrieved, config),
-                     build_graft_tree_compiled(roots, seq_lens, draft, retrieved, config))
+    got, mask = build_graft_tree_compiled(roots, seq_lens, draft, retrieved, config)
+    assert mask is None
+    assert_same_tree(build_graft_tree(roots, seq_lens, draft, retrieved, config), got)
 
 
 @pytest.mark.slow
@@ -66,8 +88,7 @@ def test_cpu_build_equals_reference_at_scale(cpu_kernel: None, bs: int, n: int,
                    GraftConfig(budget=n, relative=0.1, top_up_pruned=False)):
         roots = torch.randint(0, 1000, (bs,), generator=gen)
         lens = torch.randint(1, 3000, (bs,), generator=gen)
-        assert_same_tree(build_graft_tree(roots, lens, draft, retrieved, config),
-                         build_graft_tree_compiled(roots, lens, draft, retrieved, config))
+        assert_same_tree_and_masks(roots, lens, draft, retrieved, config)
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed")
@@ -98,9 +119,24 @@ def test_fallback_to_reference_is_logged(caplog: pytest.LogCaptureFixture,
     with pytest.raises(KernelUnavailable, match="no Graft kernel"):
         load_extension("mps")
     with caplog.at_level(logging.WARNING, logger="graft_sglang.tree.kernel"):
-        got = build_graft_tree_fast(roots, lens, draft, retrieved, config)
+        got, mask = build_graft_tree_fast(roots, lens, draft, retrieved, config,
+                                          TreeMaskMode.QLEN_ONLY)
     assert "using the PyTorch reference" in caplog.text
-    assert_same_tree(build_graft_tree(roots, lens, draft, retrieved, config), got)
+    want = build_graft_tree(roots, lens, draft, retrieved, config)
+    assert_same_tree(want, got)
+    assert torch.equal(mask, want.layout.ancestors.reshape(-1).to(torch.uint8))
+
+
+def test_bad_mask_arguments(cpu_kernel: None) -> None:
+    gen = torch.Generator().manual_seed(1)
+    draft = eagle_draft(gen, 1, 2, 3, 10)
+    retrieved = random_retrieved(gen, 1, draft.num_candidates, 10, 4)
+    roots, lens = torch.tensor([1]), torch.tensor([3])
+    with pytest.raises(ValueError, match="N <= 32"):
+        build_graft_tree_compiled(roots, lens, draft, retrieved, GraftConfig(budget=33),
+                                  TreeMaskMode.QLEN_ONLY_BITPACKING)
+    with pytest.raises(ValueError, match="TreeMaskMode"):
+        build_graft_tree_compiled(roots, lens, draft, retrieved, GraftConfig(budget=8), 7)
 
 
 @needs_cuda
@@ -116,40 +152,87 @@ def test_cuda_build_equals_reference(bs: int, n: int, topk: int, grafted: bool) 
     roots = torch.randint(0, 32000, (bs,), generator=gen)
     lens = torch.randint(1, 4000, (bs,), generator=gen)
     config = GraftConfig(budget=n, threshold=0.02)
-    want = build_graft_tree(roots, lens, draft, retrieved, config)
     cuda = torch.device("cuda")
     moved_draft = type(draft)(draft.tokens.to(cuda), draft.parents.to(cuda),
                               draft.scores.to(cuda))
     moved_ret = type(retrieved)(*(getattr(retrieved, f).to(cuda) for f in
                                   ("tokens", "parents", "anchors", "path_probs", "valid")))
-    got = build_graft_tree_compiled(roots.to(cuda), lens.to(cuda), moved_draft, moved_ret,
-                                    config)
-    assert_same_tree(want, got)
+    assert_same_tree_and_masks(roots.to(cuda), lens.to(cuda), moved_draft, moved_ret, config)
+
+
+def grafted_tree(n: int, bs: int, vocab: int, gen: torch.Generator) -> GraftTree:
+    draft = eagle_draft(gen, bs, 4, 4, vocab)
+    retrieved = random_retrieved(gen, bs, draft.num_candidates, vocab, n)
+    tree = build_graft_tree(torch.randint(0, vocab, (bs,), generator=gen),
+                            torch.full((bs,), 10), draft, retrieved,
+                            GraftConfig(budget=n, threshold=0.05))
+    assert (tree.source & 2).any(), "the test trees must hold grafted nodes"
+    return tree
+
+
+def verify_tensors(tree: GraftTree) -> list[torch.Tensor]:
+    """Outputs (predicts, accept_index, accept_num) and the tree inputs of SGLang's kernels."""
+    bs, n = tree.tokens.shape
+    cuda = torch.device("cuda")
+    lay = tree.layout
+    return [torch.zeros(bs * n, dtype=torch.int32, device=cuda),
+            torch.full((bs, n), -1, dtype=torch.int32, device=cuda),
+            torch.zeros(bs, dtype=torch.int32, device=cuda), tree.tokens.to(cuda),
+            lay.retrieve_index.to(cuda), lay.retrieve_next_token.to(cuda),
+            lay.retrieve_next_sibling.to(cuda)]
 
 
 @needs_cuda
 @pytest.mark.parametrize("n", [8, 32, 64])
-def test_sglang_verify_kernels_on_grafted_trees(n: int) -> None:
-    """SGLang's greedy verify kernel consumes our layout unchanged: same accepted paths as the
-    reference verification (so no second copy of the verify kernels is written)."""
+def test_sglang_greedy_verify_kernel_on_grafted_trees(n: int) -> None:
+    """SGLang's greedy verify kernel consumes our layout unchanged: same accepted paths and
+    tokens as the reference verification (so no second copy of the verify kernel is written)."""
     tree_ops = pytest.importorskip("sglang.kernels.ops.speculative.tree")
     from graft_sglang.verify import verify_tree_greedy
 
     gen = torch.Generator().manual_seed(n)
     bs = 8
-    draft = eagle_draft(gen, bs, 4, 4, 50)
-    retrieved = random_retrieved(gen, bs, draft.num_candidates, 50, n)
-    tree = build_graft_tree(torch.randint(0, 50, (bs,), generator=gen), torch.full((bs,), 10),
-                            draft, retrieved, GraftConfig(budget=n, threshold=0.05))
-    target = torch.randint(0, 50, (bs, n), generator=gen)
+    tree = grafted_tree(n, bs, 50, gen)
+    # The target mostly agrees with a child of each node, so paths of several nodes get accepted.
+    nxt = tree.layout.retrieve_next_token.clamp(min=0)
+    agree = torch.rand(bs, n, generator=gen) < 0.8
+    target = torch.where(agree, torch.gather(tree.tokens, 1, nxt),
+                         torch.randint(0, 50, (bs, n), generator=gen))
     want = verify_tree_greedy(tree.tokens, tree.layout, target, n)
-    cuda = torch.device("cuda")
-    predicts = torch.zeros(bs * n, dtype=torch.int32, device=cuda)
-    accept_index = torch.full((bs, n), -1, dtype=torch.int32, device=cuda)
-    accept_num = torch.zeros(bs, dtype=torch.int32, device=cuda)
-    lay = tree.layout
-    tree_ops.verify_tree_greedy(predicts, accept_index, accept_num, tree.tokens.to(cuda),
-                                lay.retrieve_index.to(cuda), lay.retrieve_next_token.to(cuda),
-                                lay.retrieve_next_sibling.to(cuda), target.to(cuda))
-    assert torch.equal(accept_num.cpu(), want.accept_length)
-    assert torch.equal(accept_index.cpu(), want.accept_index)
+    assert int(want.accept_length.max()) >= 2
+    out = verify_tensors(tree)
+    tree_ops.verify_tree_greedy(*out, target.to("cuda"))
+    assert torch.equal(out[2].cpu(), want.accept_length)
+    assert torch.equal(out[1].cpu(), want.accept_index)
+    assert torch.equal(out[0].cpu(), want.predicts)
+
+
+@needs_cuda
+@pytest.mark.parametrize("n", [8, 32, 64])
+def test_sglang_target_only_sampling_kernel_on_grafted_trees(n: int) -> None:
+    """SGLang's target-only tree sampling kernel on our layout equals the reference on the same
+    probabilities and coins."""
+    sampling_ops = pytest.importorskip("sglang.kernels.ops.speculative.sampling")
+    from graft_sglang.verify import target_probs, verify_tree_target_only
+
+    gen = torch.Generator().manual_seed(100 + n)
+    bs, vocab = 8, 64
+    tree = grafted_tree(n, bs, vocab, gen)
+    # Peaked logits on a child token make acceptance common without being certain.
+    logits = torch.randn(bs, n, vocab, generator=gen)
+    nxt = tree.layout.retrieve_next_token.clamp(min=0)
+    logits.scatter_add_(2, torch.gather(tree.tokens, 1, nxt).unsqueeze(2),
+                        torch.full((bs, n, 1), 3.0))
+    probs = target_probs(logits, temperature=0.8, top_k=20)
+    coins = torch.rand(bs, n, generator=gen)
+    final = torch.rand(bs, generator=gen)
+    want = verify_tree_target_only(tree.tokens, tree.layout, probs, coins, final, n)
+    assert int(want.accept_length.max()) >= 2
+    out = verify_tensors(tree)
+    cuda_probs = probs.to("cuda")
+    sampling_ops.tree_speculative_sampling_target_only(
+        *out, coins.to("cuda"), final.to("cuda"), cuda_probs, torch.zeros_like(cuda_probs),
+        deterministic=True)
+    assert torch.equal(out[2].cpu(), want.accept_length)
+    assert torch.equal(out[1].cpu(), want.accept_index)
+    assert torch.equal(out[0].cpu(), want.predicts)

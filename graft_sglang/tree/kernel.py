@@ -6,6 +6,7 @@ per request), on CPU tensors the same source compiled with g++. Extensions are J
 first use (``torch.utils.cpp_extension``, cached under ``~/.cache/torch_extensions``). If a
 build is impossible (no compiler, no nvcc, no GPU) ``load_extension`` raises
 ``KernelUnavailable`` and ``build_graft_tree_fast`` logs that and uses the PyTorch reference.
+With ``mask_mode`` the same launch also writes SGLang's attention mask (``tree_mask``'s layout).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from graft_sglang.tree.builder import (
     build_graft_tree,
 )
 from graft_sglang.tree.draft import DraftCandidates
-from graft_sglang.tree.layout import TreeLayout
+from graft_sglang.tree.layout import TreeLayout, TreeMaskMode, tree_mask
 from graft_sglang.tree.retrieved import RetrievedCandidates
 
 logger = logging.getLogger(__name__)
@@ -67,9 +68,21 @@ def load_extension(device_type: str) -> ModuleType:
 def build_graft_tree_compiled(
     root_tokens: torch.Tensor, seq_lens: torch.Tensor, draft: DraftCandidates,
     retrieved: RetrievedCandidates, config: GraftConfig,
-) -> GraftTree:
-    """``build_graft_tree`` through the compiled kernel (raises ``KernelUnavailable``)."""
+    mask_mode: TreeMaskMode | int | None = None, seq_lens_sum: int | None = None,
+) -> tuple[GraftTree, torch.Tensor | None]:
+    """``build_graft_tree`` (and ``tree_mask`` for ``mask_mode``) through the compiled kernel.
+
+    Returns (tree, mask): mask is ``tree_mask(tree.layout.ancestors, seq_lens, mask_mode)`` as
+    uint8 (bool modes hold 0/1), None without ``mask_mode``. ``seq_lens_sum`` (host int) sizes the
+    FULL_MASK without a device sync; if None it is read from ``seq_lens``. Raises
+    ``KernelUnavailable`` where the kernel cannot be built.
+    """
     _validate(root_tokens, seq_lens, draft, retrieved, config)
+    mode = -1 if mask_mode is None else int(TreeMaskMode(mask_mode))
+    if mode == TreeMaskMode.QLEN_ONLY_BITPACKING and config.budget > 32:
+        raise ValueError(f"QLEN_ONLY_BITPACKING supports N <= 32, got N = {config.budget}")
+    if mode == TreeMaskMode.FULL_MASK and seq_lens_sum is None:
+        seq_lens_sum = int(seq_lens.sum())
     device = root_tokens.device
     ext = load_extension(device.type)
     pool = _candidate_pool(draft, retrieved, config, device)
@@ -80,23 +93,30 @@ def build_graft_tree_compiled(
         config.budget, -1.0 if config.threshold is None else config.threshold,
         -1.0 if config.relative is None else config.relative,
         -1 if config.draft_quota is None else config.draft_quota, config.top_up_pruned,
+        mode, 0 if seq_lens_sum is None else seq_lens_sum,
     )
-    tokens, parents, scores, source, anc, depth, positions, ridx, nxt, sib = out
-    return GraftTree(tokens, parents, scores, source,
+    tokens, parents, scores, source, anc, depth, positions, ridx, nxt, sib, mask = out
+    tree = GraftTree(tokens, parents, scores, source,
                      TreeLayout(anc.bool(), depth, positions, ridx, nxt, sib))
+    return tree, (None if mask_mode is None else mask)
 
 
 def build_graft_tree_fast(
     root_tokens: torch.Tensor, seq_lens: torch.Tensor, draft: DraftCandidates,
     retrieved: RetrievedCandidates, config: GraftConfig,
-) -> GraftTree:
+    mask_mode: TreeMaskMode | int | None = None, seq_lens_sum: int | None = None,
+) -> tuple[GraftTree, torch.Tensor | None]:
     """The compiled kernel where it can run, otherwise the PyTorch reference (logged once)."""
     try:
-        return build_graft_tree_compiled(root_tokens, seq_lens, draft, retrieved, config)
+        return build_graft_tree_compiled(root_tokens, seq_lens, draft, retrieved, config,
+                                         mask_mode, seq_lens_sum)
     except KernelUnavailable as exc:
         kind = root_tokens.device.type
         if kind not in _warned:
             _warned.add(kind)
             logger.warning("Graft kernel unavailable on %s (%s); using the PyTorch reference",
                            kind, exc)
-        return build_graft_tree(root_tokens, seq_lens, draft, retrieved, config)
+    tree = build_graft_tree(root_tokens, seq_lens, draft, retrieved, config)
+    if mask_mode is None:
+        return tree, None
+    return tree, tree_mask(tree.layout.ancestors, seq_lens, mask_mode).to(torch.uint8)
