@@ -1,0 +1,100 @@
+"""Self-distillation data: the target's own greedy responses and its hidden states.
+
+Each shard (``shard_XXXX.pt``) holds, per sequence, the chat-formatted prompt + greedy response
+token ids ``[L]`` (int32), the prompt length, and the target's hidden states at the feature
+layers ``[L, 3, H]`` (fp16), recomputed by one forward over prompt + response. Shards are written
+as they finish, so generation is resumable and training can start on a partial set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from graft_sglang.eagle3.prompts import build_prompts
+from graft_sglang.engine.model import cache_dir, load_model
+
+FEATURE_LAYERS = (2, 15, 27)
+"""Indices into the target's ``hidden_states`` tuple (a low, middle and high layer of 30); in
+SGLang's terms ``eagle_aux_hidden_state_layer_ids = [i - 1 for i in FEATURE_LAYERS]``."""
+
+
+def default_data_dir() -> Path:
+    return cache_dir() / "eagle3" / "data"
+
+
+@torch.no_grad()
+def generate_batch(
+    model: torch.nn.Module, tokenizer: object, prompts: list[str], max_new_tokens: int,
+    feature_layers: tuple[int, ...] = FEATURE_LAYERS,
+) -> list[dict[str, torch.Tensor | int]]:
+    """Greedy responses to ``prompts`` (one left-padded batch) with their feature-layer states."""
+    chats = [tokenizer.apply_chat_template([{"role": "user", "content": p}],
+                                           add_generation_prompt=True, tokenize=False)
+             for p in prompts]
+    tokenizer.padding_side = "left"
+    enc = tokenizer(chats, return_tensors="pt", padding=True, add_special_tokens=False)
+    out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                         pad_token_id=tokenizer.pad_token_id)
+    eos = tokenizer.eos_token_id
+    prompt_width = enc["input_ids"].shape[1]
+    mask = torch.cat([enc["attention_mask"], torch.ones_like(out[:, prompt_width:])], dim=1)
+    # Positions after the first EOS are padding from other rows still generating.
+    response = out[:, prompt_width:]
+    ended = (response == eos).int().cumsum(1) - (response == eos).int() > 0
+    mask[:, prompt_width:] &= ~ended
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
+    hidden = model(input_ids=out, attention_mask=mask, position_ids=positions,
+                   output_hidden_states=True).hidden_states
+    features = torch.stack([hidden[i] for i in feature_layers], dim=2).half()  # [bs, L, 3, H]
+    rows = []
+    for b in range(len(prompts)):
+        keep = mask[b].bool()
+        rows.append({
+            "tokens": out[b, keep].int(),
+            "prompt_len": int(enc["attention_mask"][b].sum()),
+            "features": features[b, keep].clone(),
+        })
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, default=default_data_dir())
+    parser.add_argument("--num-prompts", type=int, default=1600)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--deadline-min", type=float, default=0.0,
+                        help="stop after this many minutes (0 = no limit); shards stay usable")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    prompts = build_prompts(args.num_prompts)
+    loaded = load_model()
+    tokens_done = 0
+    for shard, lo in enumerate(range(0, len(prompts), args.batch_size)):
+        path = args.out / f"shard_{shard:04d}.pt"
+        if path.exists():  # resume
+            continue
+        rows = generate_batch(loaded.model, loaded.tokenizer, prompts[lo:lo + args.batch_size],
+                              args.max_new_tokens)
+        torch.save(rows, path.with_suffix(".tmp"))
+        path.with_suffix(".tmp").rename(path)
+        tokens_done += sum(len(r["tokens"]) - r["prompt_len"] for r in rows)
+        elapsed = time.time() - start
+        print(f"[data] shard {shard} ({lo + len(rows)}/{len(prompts)} prompts) "
+              f"{tokens_done} response tokens this run, {elapsed:.0f} s", file=sys.stderr,
+              flush=True)
+        if args.deadline_min and elapsed > 60 * args.deadline_min:
+            print("[data] deadline reached, stopping", file=sys.stderr)
+            break
+
+
+if __name__ == "__main__":
+    main()
