@@ -9,32 +9,36 @@ from graft_sglang.tree.draft import DraftCandidates, from_eagle_draft_loop
 from graft_sglang.tree.retrieved import RetrievedCandidates, pack_retrieved
 
 
-def eagle_draft(
+def eagle_loop_lists(
     gen: torch.Generator, bs: int, topk: int, depth: int, vocab: int, peaked: float = 2.0
-) -> DraftCandidates:
-    """Run SGLang's EAGLE-2 expansion (same arithmetic as ``select_top_k_tokens``) on random
-    draft distributions over ``vocab`` tokens; siblings are distinct tokens by construction."""
+) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    """(score_list, token_list, parents_list) exactly as SGLang's EAGLE draft loop leaves them
+    (``select_top_k_tokens`` arithmetic) on random draft distributions over ``vocab`` tokens;
+    siblings are distinct tokens by construction."""
 
-    def level_probs(rows: int) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = torch.randn(rows, vocab, generator=gen) * peaked
-        probs = torch.softmax(logits, dim=-1)
-        p, idx = torch.topk(probs, topk, dim=-1)
-        return p, idx
+    def level(rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        probs = torch.softmax(torch.randn(rows, vocab, generator=gen) * peaked, dim=-1)
+        return torch.topk(probs, topk, dim=-1)
 
-    p0, i0 = level_probs(bs)
-    score_list = [p0.unsqueeze(1)]
-    token_list = [i0]
+    p0, i0 = level(bs)
+    score_list, token_list = [p0.unsqueeze(1)], [i0]
     parents_list = [torch.arange(-1, topk).expand(bs, -1)]
     scores = p0
     for i in range(1, depth):
-        p, idx = level_probs(bs * topk)
+        p, idx = level(bs * topk)
         expand = scores.unsqueeze(2) * p.view(bs, topk, topk)
-        top_p, top_i = torch.topk(expand.flatten(1), topk, dim=-1)
+        scores, top_i = torch.topk(expand.flatten(1), topk, dim=-1)
         score_list.append(expand)
         token_list.append(idx.view(bs, topk * topk))
         parents_list.append(top_i + topk * topk * (i - 1) + topk)
-        scores = top_p
-    return from_eagle_draft_loop(score_list, token_list, parents_list, topk)
+    return score_list, token_list, parents_list
+
+
+def eagle_draft(
+    gen: torch.Generator, bs: int, topk: int, depth: int, vocab: int, peaked: float = 2.0
+) -> DraftCandidates:
+    """``eagle_loop_lists`` flattened into draft candidates."""
+    return from_eagle_draft_loop(*eagle_loop_lists(gen, bs, topk, depth, vocab, peaked), topk)
 
 
 def random_trie(gen: torch.Generator, size: int, vocab: int) -> Continuations:

@@ -37,31 +37,10 @@ from graft_sglang.retrieval.suffix import SuffixRetriever  # noqa: E402
 from graft_sglang.tree.builder import GraftConfig, NodeSource, build_graft_tree  # noqa: E402
 from graft_sglang.tree.draft import from_eagle_draft_loop  # noqa: E402
 from graft_sglang.tree.layout import TreeMaskMode, tree_layout, tree_mask  # noqa: E402
-from tests.random_inputs import random_retrieved  # noqa: E402
+from tests.random_inputs import eagle_loop_lists, random_retrieved  # noqa: E402
 
 torch.set_num_threads(1)
 load_plugins()
-
-
-def eagle_loop_lists(gen: torch.Generator, bs: int, topk: int, depth: int, vocab: int):
-    """(score_list, token_list, parents_list) exactly as SGLang's EAGLE draft loop leaves them
-    (``select_top_k_tokens`` arithmetic on random draft distributions)."""
-    def level(rows: int) -> tuple[torch.Tensor, torch.Tensor]:
-        probs = torch.softmax(torch.randn(rows, vocab, generator=gen) * 2.0, dim=-1)
-        return torch.topk(probs, topk, dim=-1)
-
-    p0, i0 = level(bs)
-    score_list, token_list = [p0.unsqueeze(1)], [i0]
-    parents_list = [torch.arange(-1, topk).expand(bs, -1)]
-    scores = p0
-    for i in range(1, depth):
-        p, idx = level(bs * topk)
-        expand = scores.unsqueeze(2) * p.view(bs, topk, topk)
-        scores, top_i = torch.topk(expand.flatten(1), topk, dim=-1)
-        score_list.append(expand)
-        token_list.append(idx.view(bs, topk * topk))
-        parents_list.append(top_i + topk * topk * (i - 1) + topk)
-    return score_list, token_list, parents_list
 
 
 @pytest.fixture
