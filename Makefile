@@ -2,6 +2,8 @@
 SHELL := /bin/bash
 VENV = $(shell ./scripts/make_venv.sh)
 PY = $(VENV)/bin/python
+# The venv first on PATH: the kernel JIT build runs its ninja.
+export PATH := $(VENV)/bin:$(PATH)
 export HF_HUB_OFFLINE = 1
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 export TOKENIZERS_PARALLELISM = false
