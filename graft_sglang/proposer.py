@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from graft_sglang.retrieval.base import Continuations, RetrievalSource
-from graft_sglang.tree.builder import GraftConfig, GraftTree, build_graft_tree
+from graft_sglang.tree.builder import GraftConfig, GraftTree, build_graft_tree, prune_mask
 from graft_sglang.tree.draft import DraftCandidates
 from graft_sglang.tree.retrieved import pack_retrieved
 
@@ -46,12 +46,8 @@ def kept_draft_leaves(draft: DraftCandidates, config: GraftConfig, count: int) -
     """Per request, up to ``count`` leaves of the kept (unpruned) draft tree, best score first."""
     if count == 0 or draft.num_candidates == 0:
         return [[] for _ in range(draft.batch_size)]
-    scores = draft.scores
-    kept = torch.ones_like(scores, dtype=torch.bool)
-    if config.threshold is not None:
-        kept &= scores >= config.threshold
-    if config.relative is not None:
-        kept &= scores >= config.relative * scores.max(dim=1, keepdim=True).values
+    scores = draft.scores.float()
+    kept = ~prune_mask(scores, config)
     # A kept node with a kept child is not a leaf (column m absorbs the non-kept children).
     m = draft.num_candidates
     has_kept_child = torch.zeros(draft.batch_size, m + 1, dtype=torch.bool, device=scores.device)

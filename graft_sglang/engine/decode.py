@@ -21,7 +21,7 @@ from graft_sglang.engine.methods import Method
 from graft_sglang.proposer import GraftProposer
 from graft_sglang.retrieval.successor import SuccessorTable
 from graft_sglang.retrieval.suffix import SuffixRetriever
-from graft_sglang.tree.builder import GraftTree, NodeSource, build_graft_tree
+from graft_sglang.tree.builder import GraftTree, build_graft_tree, count_grafted
 from graft_sglang.tree.draft import DraftCandidates
 from graft_sglang.verify import target_probs, verify_tree_greedy, verify_tree_target_only
 
@@ -200,9 +200,7 @@ class SpeculativeEngine:
                 gen.steps += 1
                 gen.verified_nodes += window
                 gen.accepted_drafts += k
-                src = tree.source[0].tolist()
-                grafted = sum(1 for i in nodes[1:]
-                              if src[i] & NodeSource.RETRIEVED and not src[i] & NodeSource.DRAFT)
+                grafted = count_grafted(tree.source[0].tolist(), nodes[1:])
                 gen.accepted_grafted += grafted
                 if self._append_stopping(gen, tokens, sampling):
                     gen.log_step(window, k, grafted, before)

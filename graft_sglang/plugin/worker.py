@@ -32,7 +32,7 @@ from graft_sglang.plugin.settings import GraftSettings
 from graft_sglang.plugin.verify_input import GraftVerifyInput, build_graft_verify_input
 from graft_sglang.proposer import GraftProposer
 from graft_sglang.retrieval.suffix import SuffixRetriever
-from graft_sglang.tree.builder import NodeSource
+from graft_sglang.tree.builder import count_grafted
 
 logger = logging.getLogger(__name__)
 LOG_EVERY = 200  # steps between per-source acceptance log lines
@@ -129,12 +129,11 @@ class GraftState:
         verify_input, self.last_input = self.last_input, None
         if verify_input is None or verify_input.tree is None:
             return
-        source = verify_input.tree.source.reshape(-1).cpu()
+        source = verify_input.tree.source.reshape(-1).tolist()
         idx, lens = accept_index.cpu(), accept_lens.cpu()
         for b in range(idx.shape[0]):
             nodes = idx[b, 1 : int(lens[b])].tolist()
-            grafted = sum(1 for i in nodes if source[i] & NodeSource.RETRIEVED
-                          and not source[i] & NodeSource.DRAFT)
+            grafted = count_grafted(source, nodes)
             self.accepted_grafted += grafted
             self.accepted_draft += len(nodes) - grafted
         self.steps += 1

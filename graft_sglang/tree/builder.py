@@ -22,6 +22,7 @@ One step, per request:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntFlag
 
@@ -215,6 +216,33 @@ def _merge_duplicates(
     return canon
 
 
+def prune_mask(draft_scores: torch.Tensor, config: GraftConfig) -> torch.Tensor:
+    """[bs, M] cumulative draft confidences -> [bs, M] bool, True where ``config`` prunes:
+    below ``threshold``, below ``relative`` x the request's best, or outside the
+    ``draft_quota`` most confident (ties: lower index first)."""
+    pruned = torch.zeros_like(draft_scores, dtype=torch.bool)
+    m = draft_scores.shape[1]
+    if m == 0:
+        return pruned
+    if config.threshold is not None:
+        pruned |= draft_scores < config.threshold
+    if config.relative is not None:
+        pruned |= draft_scores < config.relative * draft_scores.max(dim=1, keepdim=True).values
+    if config.draft_quota is not None and config.draft_quota < m:
+        order = torch.sort(draft_scores, dim=1, descending=True, stable=True).indices
+        rank = torch.empty_like(order).scatter_(
+            1, order, torch.arange(m, device=draft_scores.device).expand_as(order))
+        pruned |= rank >= config.draft_quota
+    return pruned
+
+
+def count_grafted(source: Sequence[int], nodes: Sequence[int]) -> int:
+    """How many of ``nodes`` (tree indices) came from retrieval alone (``source``: one tree's
+    ``NodeSource`` flags)."""
+    return sum(1 for i in nodes
+               if source[i] & NodeSource.RETRIEVED and not source[i] & NodeSource.DRAFT)
+
+
 @dataclass(frozen=True)
 class _Pool:
     """All candidates of a step: draft candidates then retrieved slots. Every field [bs, C]."""
@@ -246,17 +274,7 @@ def _candidate_pool(
         torch.full_like(draft.tokens, int(NodeSource.DRAFT)),
         torch.full_like(retrieved.tokens, int(NodeSource.RETRIEVED)),
     ], dim=1).to(device)
-    pruned = torch.zeros_like(draft_scores, dtype=torch.bool)
-    if m and config.threshold is not None:
-        pruned |= draft_scores < config.threshold
-    if m and config.relative is not None:
-        pruned |= draft_scores < config.relative * draft_scores.max(dim=1, keepdim=True).values
-    if m and config.draft_quota is not None and config.draft_quota < m:
-        rank = torch.empty_like(draft.tokens).scatter_(
-            1, torch.sort(draft_scores, dim=1, descending=True, stable=True).indices,
-            torch.arange(m, device=device).expand_as(draft.tokens),
-        )
-        pruned |= rank >= config.draft_quota
+    pruned = prune_mask(draft_scores, config)
     return _Pool(
         tokens=torch.cat([draft.tokens.to(device), retrieved.tokens], dim=1),
         parents=torch.cat([draft.parents.to(device), retrieved.parents], dim=1),
