@@ -115,9 +115,12 @@ def test_drafter_chain_matches_the_training_unroll() -> None:
     assert torch.equal(chain.tokens[0], tokens[prompt_len: prompt_len + steps])
 
 
-def synthetic_rows(count: int, length: int, seed: int) -> list[dict]:
+def synthetic_rows(count: int, length: int, seed: int,
+                   lm_head: torch.Tensor | None = None) -> list[dict]:
     """Token sequences following a fixed permutation, learnable from the token embedding alone
-    (the features are zero, so nothing can be memorised from them)."""
+    (the features are zero, so nothing can be memorised from them). With ``lm_head`` [V, H]
+    (unit rows), each row also gets the target's final states: ``8 * lm_head[next token]``,
+    whose logits peak at the next token (soft labels)."""
     step = torch.randperm(VOCAB, generator=torch.Generator().manual_seed(0))
     gen = torch.Generator().manual_seed(seed)
     rows = []
@@ -125,18 +128,29 @@ def synthetic_rows(count: int, length: int, seed: int) -> list[dict]:
         seq = [int(torch.randint(0, VOCAB, (1,), generator=gen))]
         for _ in range(length - 1):
             seq.append(int(step[seq[-1]]))
-        rows.append({"tokens": torch.tensor(seq, dtype=torch.int32), "prompt_len": 2,
-                     "features": torch.zeros(length, 3, TINY.hidden_size).half()})
+        row = {"tokens": torch.tensor(seq, dtype=torch.int32), "prompt_len": 2,
+               "features": torch.zeros(length, 3, TINY.hidden_size).half()}
+        if lm_head is not None:
+            row["final"] = (8 * lm_head[step[torch.tensor(seq)]]).half()
+        rows.append(row)
     return rows
 
 
-def test_tiny_head_trains() -> None:
+@pytest.mark.parametrize("labels", ["hard", "soft"])
+def test_tiny_head_trains(labels: str) -> None:
     torch.manual_seed(0)
     head = tiny_head(0, HeadConfig(**{**TINY.to_dict(), "draft_vocab_size": VOCAB}))
     head.set_draft_vocab(torch.arange(VOCAB))
+    lm_head = None
+    if labels == "soft":
+        with torch.no_grad():
+            head.lm_head.weight.div_(head.lm_head.weight.norm(dim=1, keepdim=True))
+        head.lm_head.weight.requires_grad_(False)
+        lm_head = head.lm_head.weight.detach()
     t2d = target_to_draft_map(head)
-    train = batches(synthetic_rows(32, 16, 0), 128, random.Random(0))
-    held = collate(synthetic_rows(8, 16, 1))
+    train = batches(synthetic_rows(32, 16, 0, lm_head), 128, random.Random(0))
+    held = collate(synthetic_rows(8, 16, 1, lm_head))
+    assert (held.final is None) == (labels == "hard")
     opt = torch.optim.AdamW([p for p in head.parameters() if p.requires_grad], lr=1e-2)
     with torch.no_grad():
         before, acc_before = ttt_loss(head, held, 3, t2d)

@@ -1,9 +1,11 @@
 """Self-distillation data: the target's own greedy responses and its hidden states.
 
 Each shard (``shard_XXXX.pt``) holds, per sequence, the chat-formatted prompt + greedy response
-token ids ``[L]`` (int32), the prompt length, and the target's hidden states at the feature
-layers ``[L, 3, H]`` (fp16), recomputed by one forward over prompt + response. Shards are written
-as they finish, so generation is resumable and training can start on a partial set.
+token ids ``[L]`` (int32), the prompt length, the target's hidden states at the feature
+layers ``[L, 3, H]`` (fp16) and its final-norm output ``[L, H]`` (fp16; ``lm_head`` of it is the
+target's next-token logits, the soft labels of training), recomputed by one forward over prompt +
+response. Shards are written as they finish, so generation is resumable, several workers can
+share the shards (``--worker i --workers w``), and training can start on a partial set.
 """
 
 from __future__ import annotations
@@ -48,9 +50,15 @@ def generate_batch(
     ended = (response == eos).int().cumsum(1) - (response == eos).int() > 0
     mask[:, prompt_width:] &= ~ended
     positions = (mask.cumsum(1) - 1).clamp(min=0)
-    hidden = model(input_ids=out, attention_mask=mask, position_ids=positions,
-                   output_hidden_states=True).hidden_states
+    final: list[torch.Tensor] = []
+    hook = model.model.norm.register_forward_hook(lambda _m, _i, o: final.append(o))
+    try:
+        hidden = model(input_ids=out, attention_mask=mask, position_ids=positions,
+                       output_hidden_states=True).hidden_states
+    finally:
+        hook.remove()
     features = torch.stack([hidden[i] for i in feature_layers], dim=2).half()  # [bs, L, 3, H]
+    last = final[0].half()  # [bs, L, H]
     rows = []
     for b in range(len(prompts)):
         keep = mask[b].bool()
@@ -58,6 +66,7 @@ def generate_batch(
             "tokens": out[b, keep].int(),
             "prompt_len": int(enc["attention_mask"][b].sum()),
             "features": features[b, keep].clone(),
+            "final": last[b, keep].clone(),
         })
     return rows
 
@@ -69,9 +78,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--worker", type=int, default=0, help="this worker's index")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="workers sharing the shards (worker i makes shards i, i+w, ...)")
     parser.add_argument("--deadline-min", type=float, default=0.0,
                         help="stop after this many minutes (0 = no limit); shards stay usable")
     args = parser.parse_args(argv)
+    if not 0 <= args.worker < args.workers:
+        parser.error(f"--worker {args.worker} must be in [0, --workers {args.workers})")
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.time()
@@ -80,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     tokens_done = 0
     for shard, lo in enumerate(range(0, len(prompts), args.batch_size)):
         path = args.out / f"shard_{shard:04d}.pt"
-        if path.exists():  # resume
+        if shard % args.workers != args.worker or path.exists():  # another's, or resumed
             continue
         rows = generate_batch(loaded.model, loaded.tokenizer, prompts[lo:lo + args.batch_size],
                               args.max_new_tokens)

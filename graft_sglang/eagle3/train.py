@@ -5,7 +5,9 @@ position ``i``, the target features at ``i`` and the token at ``i + 1``; step ``
 own step-``k-1`` output and the true token at ``i + k + 1`` at position ``i + k`` and predicts the
 token at ``i + k + 2``. Attention at step ``k`` mirrors a draft chain at inference: the step-0 keys
 of positions ``<= i`` (the committed text) plus the chain's own keys of steps ``1..k``. Loss: cross
-entropy against the target's greedy tokens (response positions only), weighted ``0.8**k``.
+entropy against the target's next-token distribution at ``i + k + 1`` restricted to the draft
+vocabulary (soft labels from the stored final-norm states; one-hot greedy tokens for rows without
+them), response positions only, weighted ``0.8**k``.
 
     python -m graft_sglang.eagle3.train --minutes 15     # resumable (checkpoint in the cache)
 """
@@ -32,12 +34,14 @@ STEP_DECAY = 0.8
 
 @dataclass
 class Batch:
-    """tokens [B, L] int64; features [B, L, 3H]; lengths [B]; prompt_lens [B]."""
+    """tokens [B, L] int64; features [B, L, 3H]; lengths [B]; prompt_lens [B]; final [B, L, H]
+    the target's final-norm states (its logits are ``lm_head(final)``), or None (hard labels)."""
 
     tokens: torch.Tensor
     features: torch.Tensor
     lengths: torch.Tensor
     prompt_lens: torch.Tensor
+    final: torch.Tensor | None = None
 
 
 def load_rows(data_dir: Path) -> list[dict]:
@@ -55,10 +59,14 @@ def collate(rows: list[dict]) -> Batch:
     feat_dim = rows[0]["features"].shape[1] * rows[0]["features"].shape[2]
     tokens = torch.zeros(len(rows), width, dtype=torch.int64)
     features = torch.zeros(len(rows), width, feat_dim)
+    soft = all("final" in r for r in rows)
+    final = torch.zeros(len(rows), width, rows[0]["features"].shape[2]) if soft else None
     for b, r in enumerate(rows):
         tokens[b, : lengths[b]] = r["tokens"].long()
         features[b, : lengths[b]] = r["features"].float().flatten(1)
-    return Batch(tokens, features, lengths, torch.tensor([r["prompt_len"] for r in rows]))
+        if final is not None:
+            final[b, : lengths[b]] = r["final"].float()
+    return Batch(tokens, features, lengths, torch.tensor([r["prompt_len"] for r in rows]), final)
 
 
 def most_frequent_tokens(rows: list[dict], size: int, vocab_size: int) -> torch.Tensor:
@@ -124,14 +132,20 @@ def ttt_loss(head: Eagle3Head, batch: Batch, steps: int,
         in_response = ((label_pos[None] < batch.lengths[:, None]) & (
             label_pos[None] >= batch.prompt_lens[:, None])).flatten()[rows_now]
         draft_labels = target_to_draft[labels].flatten()[rows_now]
-        valid = in_response & (draft_labels >= 0)
         positions = (idx + k).expand(bsz, -1).flatten()
         hidden = head.step(hidden, tokens_in[rows_now], positions[rows_now], attend)
+        if batch.final is None:  # one-hot labels; those outside the draft vocabulary are skipped
+            valid = in_response & (draft_labels >= 0)
+            target = draft_labels[valid]
+        else:  # the target's distribution where it predicted the label, over the draft vocab
+            valid = in_response
+            fed_rows = (torch.arange(bsz)[:, None] * width + fed.clamp(max=width - 1)).flatten()
+            final = batch.final.flatten(0, 1)[fed_rows[rows_now][valid]]
+            target = torch.nn.functional.linear(final, head.lm_head.weight.detach()).softmax(-1)
         logits = head.logits(hidden[valid])
-        target = draft_labels[valid]
         total = total + STEP_DECAY ** k * torch.nn.functional.cross_entropy(logits, target)
         # Labels outside the draft vocabulary count as misses.
-        hits = int((logits.argmax(-1) == target).sum())
+        hits = int((logits.argmax(-1) == draft_labels[valid]).sum())
         accuracy.append(hits / max(1, int(in_response.sum())))
     return total, accuracy
 
