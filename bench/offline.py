@@ -31,6 +31,7 @@ from graft_sglang.engine.runner import (
     MethodRun,
     chat_ids,
     default_drafter,
+    drafter_calibration,
     log,
     run_method,
     stop_ids,
@@ -62,8 +63,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--dataset", default="mtbench", choices=("mtbench", "longctx"))
     p.add_argument("--prompts", type=int, default=4, help="first K prompts of the dataset")
     p.add_argument("--budget", type=int, nargs="+", default=[16], help="tree sizes N to sweep")
-    p.add_argument("--threshold", type=float, nargs="+", default=[0.1],
-                   help="pruning thresholds to sweep (pruned, graft)")
+    p.add_argument("--threshold", type=float, nargs="+", default=None,
+                   help="pruning thresholds to sweep (pruned, graft; default: the head's "
+                   "calibration)")
     p.add_argument("--topk", type=int, default=4)
     p.add_argument("--depth", type=int, default=6)
     p.add_argument("--retrieval", default="suffix", choices=("suffix", "successor"))
@@ -78,7 +80,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     loaded = load_model(args.model)
     drafter, drafter_name = make_drafter(args.drafter, loaded.model)
-    log(f"[offline] model {loaded.name}, drafter: {drafter_name}")
+    calibration = drafter_calibration(drafter)
+    thresholds = args.threshold or [calibration.threshold]
+    log(f"[offline] model {loaded.name}, drafter: {drafter_name}; thresholds {thresholds}, "
+        f"graft-paper checkpoints {list(calibration.stage_thresholds)}")
     rows = load(args.dataset)[: args.prompts]
     prompts = [chat_ids(loaded.tokenizer, r["prompt"]) for r in rows]
     log(f"[offline] {args.dataset}: {len(prompts)} prompts, "
@@ -114,12 +119,16 @@ def main(argv: list[str] | None = None) -> dict:
         if name == "autoregressive" or (make_method(name).draft and drafter is None):
             continue
         for budget in args.budget:
-            for threshold in args.threshold if name in THRESHOLDED else [None]:
+            for threshold in thresholds if name in THRESHOLDED else [None]:
                 method = make_method(name, budget=budget, topk=args.topk, depth=args.depth,
-                                     threshold=threshold or 0.1, vocab_size=vocab,
-                                     retrieval=args.retrieval)
+                                     threshold=threshold or calibration.threshold,
+                                     vocab_size=vocab, retrieval=args.retrieval,
+                                     stages=calibration.stage_policy()
+                                     if name in PAPER_MODES else None)
                 settings = {"budget": budget, "topk": method.topk, "depth": method.depth,
                             "threshold": threshold, "retrieval": method.retrieval}
+                if method.stages is not None:
+                    settings["stage_thresholds"] = list(method.stages.thresholds)
                 log(f"[offline] {name} {settings}")
                 record(run_method(engine, method, prompts, sampling, settings, ar.outputs, log))
 
@@ -130,13 +139,13 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def report(rows: list[dict]) -> None:
-    print(f"{'method':<15}{'N':>4}{'thr':>6}{'tau':>7}{'verif/step':>11}{'tok/s':>8}"
-          f"{'speedup':>9}{'grafted':>9}{'identical':>10}")
+    print(f"{'method':<15}{'N':>4}{'thr':>6}{'tau':>7}{'draft/step':>11}{'verif/step':>11}"
+          f"{'tok/s':>8}{'speedup':>9}{'grafted':>9}{'identical':>10}")
     for r in rows:
         s = r["settings"]
         thr = "" if s.get("threshold") is None else f"{s['threshold']:g}"
         print(f"{r['method']:<15}{s.get('budget', 1):>4}{thr:>6}{r['tau']:>7.2f}"
-              f"{r['verified_per_step']:>11.1f}{r['tokens_per_s']:>8.1f}{r['speedup']:>8.2f}x"
+              f"{r['draft_forwards_per_step']:>11.2f}{r['verified_per_step']:>11.1f}{r['tokens_per_s']:>8.1f}{r['speedup']:>8.2f}x"
               f"{r['grafted_share']:>9.0%}{'yes' if r['identical'] else 'NO':>10}")
     dense = [r for r in rows if r["method"] == "dense"]
     graft = [r for r in rows if r["method"] == "graft"]

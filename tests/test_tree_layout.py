@@ -58,6 +58,18 @@ def test_mask_modes(n: int) -> None:
     assert torch.equal(unpacked.bool(), anc)
 
 
+@pytest.mark.parametrize("n", [2, 9, 17, 32])
+def test_truncated_layout_equals_the_layout_of_the_prefix(n: int) -> None:
+    gen = torch.Generator().manual_seed(n)
+    parents = _random_parents(gen, 3, n)
+    seq_lens = torch.tensor([0, 4, 11])
+    full = tree_layout(parents, seq_lens)
+    for m in range(1, n + 1):
+        cut, ref = full.truncated(m), tree_layout(parents[:, :m], seq_lens)
+        for name in ref.__dataclass_fields__:
+            assert torch.equal(getattr(cut, name), getattr(ref, name)), (m, name)
+
+
 def test_bitpacking_limit() -> None:
     anc = torch.ones(1, 33, 33, dtype=torch.bool)
     with pytest.raises(ValueError, match="N <= 32"):

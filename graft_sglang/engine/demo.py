@@ -19,7 +19,14 @@ import torch
 from graft_sglang.engine.decode import Sampling, SpeculativeEngine
 from graft_sglang.engine.methods import make_method
 from graft_sglang.engine.model import DEFAULT_MODEL, load_model
-from graft_sglang.engine.runner import chat_ids, default_drafter, log, run_method, stop_ids
+from graft_sglang.engine.runner import (
+    chat_ids,
+    default_drafter,
+    drafter_calibration,
+    log,
+    run_method,
+    stop_ids,
+)
 
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "demo.json"
 
@@ -37,7 +44,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--prompts", type=int, default=3, help="first N MT-bench questions")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--budget", type=int, default=16, help="tree size N (root included)")
-    parser.add_argument("--threshold", type=float, default=0.1)
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="graft's pruning threshold (default: the head's calibration)")
     # One thread: on a shared 2-core machine two OpenMP threads stall each other (measured:
     # autoregressive 1 tok/s with 2 threads vs 6-8 tok/s with 1 under the same load).
     parser.add_argument("--threads", type=int, default=1)
@@ -50,7 +58,8 @@ def main(argv: list[str] | None = None) -> dict:
     log(f"[demo] loading {args.model}")
     loaded = load_model(args.model)
     drafter, drafter_name = default_drafter(loaded.model)
-    log(f"[demo] drafter: {drafter_name}")
+    threshold = args.threshold or drafter_calibration(drafter).threshold
+    log(f"[demo] drafter: {drafter_name}; graft threshold {threshold}")
     prompts = [chat_ids(loaded.tokenizer, p) for p in _mtbench_prompts(args.prompts)]
     sampling = Sampling(max_new_tokens=args.max_new_tokens,
                         stop_token_ids=stop_ids(loaded.tokenizer))
@@ -60,10 +69,9 @@ def main(argv: list[str] | None = None) -> dict:
     reference = None
     for name in ("autoregressive", "dense", "graft"):
         log(f"[demo] {name}")
-        method = make_method(name, budget=args.budget, threshold=args.threshold,
-                             vocab_size=vocab)
+        method = make_method(name, budget=args.budget, threshold=threshold, vocab_size=vocab)
         settings = {"budget": args.budget, "topk": method.topk, "depth": method.depth,
-                    "threshold": args.threshold if name == "graft" else None}
+                    "threshold": threshold if name == "graft" else None}
         run = run_method(engine, method, prompts, sampling, settings, reference, log)
         if reference is None:
             reference = run.outputs

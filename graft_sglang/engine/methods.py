@@ -63,6 +63,9 @@ def make_method(
     retrieval below the root. ``graft``: pruned below ``threshold``, freed slots grafted with
     retrieved continuations below the root and the ``draft_anchors`` best kept draft leaves.
 
+    ``stages``: the paper modes' checkpoint policy (default ``StagePolicy()``, uncalibrated
+    thresholds); for ``graft``, optional checkpoints on top of per-node pruning.
+
     ``fixed_width``: verify all ``budget`` nodes, filler included (SGLang's fixed width for CUDA
     graphs); by default the engine verifies only the real nodes, since a CPU forward's cost grows
     with every node (``pruned`` always trims: its tree size varies by design).
@@ -93,16 +96,16 @@ def make_method(
         return Method(name, config=dense, plan=RetrievalPlan(budget - 1, 0, 0),
                       retrieval=retrieval, trim=trim)
     if name in PAPER_MODES:
-        return _paper_mode(name, budget, topk, depth, threshold, vocab_size, trim)
+        return _paper_mode(name, budget, topk, depth, threshold, vocab_size, trim,
+                           stages or StagePolicy())
     config = GraftConfig(budget=budget, threshold=threshold, vocab_size=vocab_size)
     plan = RetrievalPlan(budget - 1, draft_anchors, max(1, (budget - 1) // 4))
     return Method(name, True, topk, depth, config, plan, retrieval, stages, stop_below, trim)
 
 
 def _paper_mode(name: str, budget: int, topk: int, depth: int, threshold: float,
-                vocab_size: int | None, trim: bool) -> Method:
+                vocab_size: int | None, trim: bool, policy: StagePolicy) -> Method:
     k = budget - 1
-    policy = StagePolicy()
     if name == "graft-paper":
         # No checkpoint fired: every slot is the draft's (EAGLE-3's dense tree); a fired stage
         # lowers the quota to its split and the successor table fills the rest.

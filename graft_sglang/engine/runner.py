@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from graft_sglang.calibration import Calibration, load_calibration
 from graft_sglang.engine.decode import Generation, Sampling, SpeculativeEngine
 from graft_sglang.engine.drafters.base import Drafter
 from graft_sglang.engine.drafters.lm import LMDrafter, truncated_copy
@@ -52,6 +53,11 @@ def default_drafter(target: torch.nn.Module) -> tuple[Drafter, str]:
         reason = f"{type(err).__name__}: {err}"
     name = f"truncated target, first {BAD_DRAFTER_LAYERS} layer(s) (no EAGLE-3 head: {reason})"
     return LMDrafter(truncated_copy(target, BAD_DRAFTER_LAYERS), "truncated"), name
+
+
+def drafter_calibration(drafter: Drafter | None) -> Calibration:
+    """The measured thresholds stored with the drafter's EAGLE-3 head, else the defaults."""
+    return load_calibration(getattr(drafter, "weights_dir", None))
 
 
 @dataclass
@@ -96,11 +102,16 @@ class MethodRun:
     def verified_per_step(self) -> float:
         return self.verified_nodes / max(1, self.steps)
 
+    @property
+    def draft_forwards_per_step(self) -> float:
+        return self.draft_forwards / max(1, self.steps)
+
     def summary(self) -> dict:
         out = {k: v for k, v in asdict(self).items() if k not in ("per_prompt", "outputs")}
         out.update(tau=self.tau, tokens_per_s=self.tokens_per_s,
                    e2e_tokens_per_s=self.e2e_tokens_per_s,
-                   grafted_share=self.grafted_share, verified_per_step=self.verified_per_step)
+                   grafted_share=self.grafted_share, verified_per_step=self.verified_per_step,
+                   draft_forwards_per_step=self.draft_forwards_per_step)
         return out
 
 

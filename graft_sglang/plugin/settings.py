@@ -6,7 +6,8 @@ the way SGLang's own ``SGLANG_*`` knobs work (``srt/environ.py``). They reach ev
 
 | variable | default | meaning |
 | --- | --- | --- |
-| ``SGLANG_GRAFT_THRESHOLD`` | 0.1 | prune below this cumulative confidence ("none": off) |
+| ``SGLANG_GRAFT_THRESHOLD`` | calibrated | prune below this cumulative confidence ("none": off);
+  default: the draft head directory's ``calibration.json`` (``bench/calibrate.py``), else 0.1 |
 | ``SGLANG_GRAFT_RELATIVE`` | none | prune below this fraction of the best confidence |
 | ``SGLANG_GRAFT_RETRIEVAL_WEIGHT`` | 1.0 | multiplier on retrieved path probabilities |
 | ``SGLANG_GRAFT_ROOT_NODES`` | N - 1 | retrieved trie size below the root (0 = no retrieval) |
@@ -25,6 +26,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from graft_sglang.calibration import DEFAULT_THRESHOLD
 from graft_sglang.proposer import RetrievalPlan
 from graft_sglang.retrieval.suffix import SuffixConfig
 from graft_sglang.tree.builder import GraftConfig
@@ -48,7 +50,7 @@ def _number(env: Mapping[str, str], name: str, default: float | None, cast: type
 class GraftSettings:
     """Everything Graft needs besides SGLang's own ``--speculative-*`` arguments."""
 
-    threshold: float | None = 0.1
+    threshold: float | None = DEFAULT_THRESHOLD
     relative: float | None = None
     retrieval_weight: float = 1.0
     root_nodes: int | None = None  # None: N - 1
@@ -61,7 +63,10 @@ class GraftSettings:
     eagle3: bool | None = None  # None: decided from the draft model's config
 
     @staticmethod
-    def from_env(env: Mapping[str, str] | None = None) -> GraftSettings:
+    def from_env(env: Mapping[str, str] | None = None,
+                 default_threshold: float = DEFAULT_THRESHOLD) -> GraftSettings:
+        """Settings from ``SGLANG_GRAFT_*`` variables; ``default_threshold`` applies when
+        ``SGLANG_GRAFT_THRESHOLD`` is unset (the head's calibrated value)."""
         env = os.environ if env is None else env
         known = {f"{PREFIX}{n}" for n in (
             "THRESHOLD", "RELATIVE", "RETRIEVAL_WEIGHT", "ROOT_NODES", "DRAFT_ANCHORS",
@@ -81,7 +86,7 @@ class GraftSettings:
                 raise ValueError(f"{PREFIX}{name} must be 1 or 0, got {raw!r}")
             switches[name] = flag[raw]
         return GraftSettings(
-            threshold=_number(env, "THRESHOLD", 0.1, float),
+            threshold=_number(env, "THRESHOLD", default_threshold, float),
             relative=_number(env, "RELATIVE", None, float),
             retrieval_weight=_number(env, "RETRIEVAL_WEIGHT", 1.0, float),
             root_nodes=_number(env, "ROOT_NODES", None, int),

@@ -27,6 +27,7 @@ import torch
 from sglang.srt.speculative import eagle_worker_v2
 from sglang.srt.speculative.eagle_worker_v2 import EagleDraftWorker, EAGLEWorkerV2
 
+from graft_sglang.calibration import load_calibration
 from graft_sglang.plugin.radix_feed import RadixFeed
 from graft_sglang.plugin.settings import GraftSettings
 from graft_sglang.plugin.verify_input import GraftVerifyInput, build_graft_verify_input
@@ -157,7 +158,9 @@ class GraftWorker(EAGLEWorkerV2):
         # captured later (Scheduler -> init_cuda_graphs), so they record GraftDraftWorker's loop.
         with substituted(eagle_worker_v2, EagleDraftWorker=GraftDraftWorker):
             super().__init__(server_args, gpu_id, nccl_port, target_worker)
-        settings = GraftSettings.from_env()
+        # A head directory may carry its measured threshold (bench/calibrate.py).
+        calibration = load_calibration(server_args.speculative_draft_model_path)
+        settings = GraftSettings.from_env(default_threshold=calibration.threshold)
         vocab = getattr(target_worker.model_runner.model_config, "vocab_size", None)
         self.graft = GraftState(settings, self.speculative_num_draft_tokens, vocab)
         if self._draft_worker is not None:

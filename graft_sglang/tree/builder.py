@@ -120,12 +120,11 @@ class GraftTree:
 
     def truncated(self, n: int) -> GraftTree:
         """The first ``n`` nodes of every tree (a variable-size tree for engines that do not
-        need a fixed width); the layout is recomputed, so links never point past ``n``."""
+        need a fixed width); links never point past ``n``."""
         if not 1 <= n <= self.budget:
             raise ValueError(f"n must be in [1, {self.budget}], got {n}")
-        seq_lens = self.layout.positions[:, 0]
         return GraftTree(self.tokens[:, :n], self.parents[:, :n], self.scores[:, :n],
-                         self.source[:, :n], tree_layout(self.parents[:, :n], seq_lens))
+                         self.source[:, :n], self.layout.truncated(n))
 
 
 def _check_tokens(name: str, tokens: torch.Tensor, vocab_size: int | None) -> None:

@@ -45,6 +45,21 @@ class TreeLayout:
     retrieve_next_token: torch.Tensor
     retrieve_next_sibling: torch.Tensor
 
+    def truncated(self, n: int) -> TreeLayout:
+        """The layout of the first ``n`` nodes (a prefix of a tree is a tree, since parents
+        precede children): slices, with links past ``n`` cut. Both links are the smallest
+        qualifying index, so one past ``n`` means none below ``n``."""
+        bs = self.depth.shape[0]
+
+        def cut(link: torch.Tensor) -> torch.Tensor:
+            return torch.where(link < n, link, torch.full_like(link, -1))
+
+        rows = torch.arange(bs, device=self.depth.device).unsqueeze(1) * n
+        return TreeLayout(self.ancestors[:, :n, :n], self.depth[:, :n], self.positions[:, :n],
+                          rows + torch.arange(n, device=self.depth.device),
+                          cut(self.retrieve_next_token[:, :n]),
+                          cut(self.retrieve_next_sibling[:, :n]))
+
 
 def ancestor_mask(parents: torch.Tensor) -> torch.Tensor:
     """[bs, N] parents -> [bs, N, N] ancestor-or-self mask.

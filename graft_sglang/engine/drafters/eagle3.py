@@ -23,9 +23,11 @@ from graft_sglang.tree.draft import DraftCandidates
 class Eagle3Drafter:
     """Implements ``Drafter`` with an ``Eagle3Head``; one request at a time."""
 
-    def __init__(self, head: Eagle3Head, feature_layers: tuple[int, ...]) -> None:
+    def __init__(self, head: Eagle3Head, feature_layers: tuple[int, ...],
+                 weights_dir: Path | None = None) -> None:
         self.head = head.eval().requires_grad_(False)
         self.feature_layers = tuple(feature_layers)
+        self.weights_dir = weights_dir  # where the head came from (its calibration.json)
         self.forward_count = 0  # head forward passes run so far
         self.reset()
 
@@ -140,4 +142,4 @@ def load_eagle3_drafter(target: torch.nn.Module, path: Path | None = None) -> Ea
     if not (path / "model.safetensors").is_file():
         raise FileNotFoundError(f"no EAGLE-3 head at {path}")
     head, feature_layers = load_head(path, target.get_input_embeddings().weight)
-    return Eagle3Drafter(head, feature_layers)
+    return Eagle3Drafter(head, feature_layers, path)
