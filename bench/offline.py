@@ -25,7 +25,7 @@ from bench.plot import plot
 from graft_sglang.engine.decode import Sampling, SpeculativeEngine
 from graft_sglang.engine.drafters.base import Drafter
 from graft_sglang.engine.drafters.lm import LMDrafter, truncated_copy
-from graft_sglang.engine.methods import METHODS, PAPER_MODES, make_method
+from graft_sglang.engine.methods import METHODS, PAPER_MODES, RETRIEVAL_SOURCES, make_method
 from graft_sglang.engine.model import DEFAULT_MODEL, load_model
 from graft_sglang.engine.runner import (
     MethodRun,
@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> dict:
                    "calibration)")
     p.add_argument("--topk", type=int, default=4)
     p.add_argument("--depth", type=int, default=6)
-    p.add_argument("--retrieval", default="suffix", choices=("suffix", "successor"))
+    p.add_argument("--retrieval", default="suffix", choices=RETRIEVAL_SOURCES,
+                   help="retrieval of the non-paper methods (both: suffix + successor table)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--drafter", default="default")

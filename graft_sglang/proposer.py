@@ -15,7 +15,7 @@ import torch
 from graft_sglang.retrieval.base import Continuations, RetrievalSource
 from graft_sglang.tree.builder import GraftConfig, GraftTree, build_graft_tree, prune_mask
 from graft_sglang.tree.draft import DraftCandidates
-from graft_sglang.tree.retrieved import pack_retrieved
+from graft_sglang.tree.retrieved import RetrievedCandidates, pack_retrieved
 
 
 @dataclass(frozen=True)
@@ -114,9 +114,13 @@ class GraftProposer:
             raise ValueError(f"{len(rids)} request ids for a batch of {root_tokens.shape[0]}")
         if tries is None:
             tries = self.retrieve(rids, draft)
-        retrieved = pack_retrieved(tries, draft.num_candidates, self.plan.max_slots,
-                                   device=root_tokens.device)
+        retrieved = self.pack(tries, draft, root_tokens.device)
         return build_graft_tree(root_tokens, seq_lens, draft, retrieved, config or self.config)
+
+    def pack(self, tries: list[list[tuple[int, Continuations]]], draft: DraftCandidates,
+             device: torch.device | str = "cpu") -> RetrievedCandidates:
+        """``retrieve``'s tries as the builder's padded slots (``plan.max_slots`` per request)."""
+        return pack_retrieved(tries, draft.num_candidates, self.plan.max_slots, device=device)
 
     def start(self, rid: str, prompt: Sequence[int]) -> None:
         if self.retrieval is not None:

@@ -133,12 +133,14 @@ def test_bad_arguments_raise(target: torch.nn.Module) -> None:
         truncated_copy(target, 0)
 
 
+@pytest.mark.parametrize("source", ["successor", "both"])
 @pytest.mark.parametrize("name", ["retrieval", "graft"])
 def test_successor_table_retrieval_is_lossless(target: torch.nn.Module,
                                                references: dict[int, list[int]],
-                                               name: str) -> None:
+                                               name: str, source: str) -> None:
+    """The successor table alone, or competing with suffix retrieval for the slots."""
     engine = SpeculativeEngine(target, LMDrafter(truncated_copy(target, 1)))
-    method = make_method(name, budget=16, topk=2, depth=3, retrieval="successor")
+    method = make_method(name, budget=16, topk=2, depth=3, retrieval=source)
     grafted = 0
     for i, prompt in enumerate(PROMPTS):
         gen = engine.generate(prompt, method, Sampling(max_new_tokens=40))

@@ -7,9 +7,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from graft_sglang.retrieval.base import Continuations
 from graft_sglang.retrieval.successor import PAPER_WIDTHS, SuccessorTable, rank_template
 from graft_sglang.tree.builder import GraftConfig, NodeSource, build_graft_tree
 from graft_sglang.tree.draft import DraftCandidates
+from graft_sglang.tree.retrieved import concat_retrieved, pack_retrieved
 
 
 def test_paper_template() -> None:
@@ -157,3 +159,28 @@ def test_proposals_walk_the_table(k: int, data: st.DataObject) -> None:
                 assert abs(float(cand.path_probs[b, j]) - parent_prob * p) < 1e-6
                 assert (par, entry) not in seen
                 seen.add((par, entry))
+
+
+def test_successor_and_suffix_slots_compete_in_one_tree() -> None:
+    """``concat_retrieved``: the second source's slot links move past the first's slots, and
+    the builder merges the sources' duplicate siblings (here both propose 7 below the root)."""
+    table = SuccessorTable(vocab_size=16, k=2)
+    table.update(torch.tensor([3, 7]), torch.tensor([[7, 8], [9, 10]]),
+                 torch.tensor([[0.6, 0.3], [0.9, 0.05]]))
+    succ = table.propose(torch.tensor([3]), widths=(2, 1), num_draft=1)
+    suffix = pack_retrieved([[(-1, Continuations([7, 5], [-1, 0], [0.5, 0.5]))]], 1, 2)
+    both = concat_retrieved(suffix, succ, num_draft=1)
+    assert both.tokens.tolist() == [[7, 5, 7, 8, 9]]
+    # suffix: 7 below the root, 5 below it (slot 0 = index 1); successor: 7 and 8 below the
+    # root, 9 below its 7 (its slot 0, now slot 2 = index 3).
+    assert both.parents.tolist() == [[-1, 1, -1, -1, 3]]
+    draft = DraftCandidates(torch.tensor([[4]]), torch.tensor([[-1]]), torch.tensor([[0.2]]))
+    tree = build_graft_tree(torch.tensor([3]), torch.tensor([5]), draft, both,
+                            GraftConfig(budget=6, threshold=None))
+    children_of_root = [t for t, p in zip(tree.tokens[0].tolist(), tree.parents[0].tolist(),
+                                          strict=True) if p == 0]
+    assert sorted(children_of_root) == [4, 7, 8]  # one 7, holding both sources' subtrees
+    seven = tree.tokens[0].tolist().index(7)
+    below = {t for t, p in zip(tree.tokens[0].tolist(), tree.parents[0].tolist(), strict=True)
+             if p == seven}
+    assert below == {5, 9}

@@ -1,7 +1,8 @@
 """Held-out evaluation of an exported head on MT-bench first turns (greedy).
 
 - agreement: top-1 agreement of each unrolled draft step with the target's greedy token, on the
-  target's own greedy responses (teacher forcing: step 0 = first-step agreement);
+  target's own greedy responses (teacher forcing: step 0 = first-step agreement); its ceiling is
+  the share of response tokens inside the draft vocabulary (``draft_vocab_coverage``);
 - tau: mean tokens committed per target forward of the offline engine with a dense EAGLE tree of
   ``--budget`` nodes (SGLang's EAGLE-2 selection), lossless by construction;
 - cost: seconds per head forward during ``propose`` versus one target decode step (one token
@@ -86,8 +87,10 @@ def main(argv: list[str] | None = None) -> None:
     with torch.no_grad():
         _, agreement = ttt_loss(drafter.head, collate(rows), args.depth,
                                 target_to_draft_map(drafter.head))
-    print(f"[eval] top-1 agreement per draft step: {[round(a, 3) for a in agreement]}",
-          file=sys.stderr)
+    response = torch.cat([r["tokens"][r["prompt_len"]:].long() for r in rows])
+    coverage = float(drafter.head.t2d[response].float().mean())
+    print(f"[eval] top-1 agreement per draft step: {[round(a, 3) for a in agreement]}; "
+          f"draft-vocabulary coverage of the responses {coverage:.3f}", file=sys.stderr)
 
     engine = SpeculativeEngine(target, drafter)
     method = make_method("dense", budget=args.budget, topk=args.topk, depth=args.depth,
@@ -108,6 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     result = {"head": str(args.head), "prompts": len(prompts), "max_new_tokens":
               args.max_new_tokens, "threads": args.threads,
               "first_step_agreement": agreement[0], "agreement_per_step": agreement,
+              "draft_vocab_coverage": coverage,
               "dense_tree": {"budget": args.budget, "topk": args.topk, "depth": args.depth,
                              "tau": tau, "tokens": tokens, "target_forwards": steps},
               "cost": cost}

@@ -23,6 +23,7 @@ from graft_sglang.retrieval.successor import SuccessorTable
 from graft_sglang.retrieval.suffix import SuffixRetriever
 from graft_sglang.tree.builder import GraftTree, build_graft_tree, count_grafted
 from graft_sglang.tree.draft import DraftCandidates
+from graft_sglang.tree.retrieved import RetrievedCandidates, concat_retrieved
 from graft_sglang.verify import target_probs, verify_tree_greedy, verify_tree_target_only
 
 
@@ -154,9 +155,10 @@ class SpeculativeEngine:
         self._rid += 1
         proposer = GraftProposer(method.config,
                                  (self.shared_retriever or SuffixRetriever())
-                                 if method.retrieval == "suffix" else None,
+                                 if method.retrieval in ("suffix", "both") else None,
                                  method.plan)
-        table = SuccessorTable(self.vocab_size) if method.retrieval == "successor" else None
+        table = (SuccessorTable(self.vocab_size) if method.retrieval in ("successor", "both")
+                 else None)
 
         t0 = time.perf_counter()
         if len(prompt) > 1:
@@ -248,14 +250,15 @@ class SpeculativeEngine:
             draft = DraftCandidates.empty(1)
         t1 = time.perf_counter()
         roots, lens = torch.tensor([root]), torch.tensor([seq_len])
-        if table is not None:
-            retrieved = table.propose(roots, num_draft=draft.num_candidates)
-            t2 = time.perf_counter()
-            tree = build_graft_tree(roots, lens, draft, retrieved, config)
-        else:
-            tries = proposer.retrieve([rid], draft)
-            t2 = time.perf_counter()
-            tree = proposer.build([rid], roots, lens, draft, tries=tries, config=config)
+        retrieved = RetrievedCandidates.empty(1)
+        if proposer.retrieval is not None:
+            retrieved = proposer.pack(proposer.retrieve([rid], draft), draft)
+        if table is not None:  # with suffix retrieval too, both compete for the budget
+            retrieved = concat_retrieved(
+                retrieved, table.propose(roots, num_draft=draft.num_candidates),
+                draft.num_candidates)
+        t2 = time.perf_counter()
+        tree = build_graft_tree(roots, lens, draft, retrieved, config)
         if method.trim:
             tree = tree.truncated(int(tree.num_real[0]))
         t3 = time.perf_counter()

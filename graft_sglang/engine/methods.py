@@ -19,7 +19,7 @@ METHODS = ("autoregressive", "chain", "dense", "pruned", "retrieval", "graft")
 # no pruning); TAIL (retrieval only after the best kept draft path); w/o prune (the deepest
 # stage's split always, no confidence trigger).
 PAPER_MODES = ("graft-paper", "graft-noprune", "graft-root", "graft-tail")
-RETRIEVAL_SOURCES = ("suffix", "successor")
+RETRIEVAL_SOURCES = ("suffix", "successor", "both")
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class Method:
     topk/depth: the EAGLE-2 draft loop's width and maximum depth.
     config:     tree-builder settings (``None`` only for ``autoregressive``: the tree is the root).
     plan:       suffix-retrieval requests per step.
-    retrieval:  ``"suffix"``, ``"successor"`` or ``None``.
+    retrieval:  ``"suffix"``, ``"successor"``, ``"both"`` (their slots compete) or ``None``.
     stages:     the paper's stop-drafting checkpoints (``None``: none).
     stop_below: stop drafting after a level whose best path confidence is below this: every
                 deeper node would be pruned, so the draft forward passes are saved.

@@ -120,3 +120,22 @@ def pack_retrieved(
         tensor(tokens, torch.int64), tensor(parents, torch.int64), tensor(anchors, torch.int64),
         tensor(probs, torch.float32), tensor(valid, torch.bool),
     )
+
+
+def concat_retrieved(
+    first: RetrievedCandidates, second: RetrievedCandidates, num_draft: int
+) -> RetrievedCandidates:
+    """Two sources' slots side by side (``first``'s, then ``second``'s), competing for the same
+    budget in the builder, which merges their duplicate siblings. ``second``'s links to its own
+    slots are shifted past ``first``'s slots."""
+    if first.batch_size != second.batch_size:
+        raise ValueError(f"batch sizes differ: {first.batch_size} and {second.batch_size}")
+    parents = torch.where(second.parents >= num_draft, second.parents + first.num_slots,
+                          second.parents)
+    return RetrievedCandidates(
+        torch.cat([first.tokens, second.tokens], dim=1),
+        torch.cat([first.parents, parents], dim=1),
+        torch.cat([first.anchors, second.anchors], dim=1),
+        torch.cat([first.path_probs, second.path_probs], dim=1),
+        torch.cat([first.valid, second.valid], dim=1),
+    )
