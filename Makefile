@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE = 1
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 export TOKENIZERS_PARALLELISM = false
 
-.PHONY: demo test lint bench venv clean
+.PHONY: demo test lint bench calibrate bench-offline venv clean
 
 venv:
 	@echo "venv: $(VENV)"
@@ -26,6 +26,19 @@ lint:
 
 bench:
 	$(PY) -m bench.tree_build
+
+# Thresholds of graft / graft-paper for the shipped head, measured on calibration prompts
+# (written to the head's calibration.json, the default of the engine and the plugin).
+calibrate:
+	$(PY) -m bench.calibrate --budget 16 --prompts 6 --write-head
+
+# Every method and paper mode over N (and graft's thresholds) on both datasets, side by side.
+OFFLINE_METHODS = chain dense pruned retrieval graft graft-paper graft-noprune graft-root graft-tail
+bench-offline:
+	$(PY) -m bench.offline --dataset mtbench --prompts 3 --threads 1 --budget 8 16 32 \
+	  --threshold 0.05 0.1 0.2 --methods $(OFFLINE_METHODS) --out bench/results/offline-eagle3 & pid=$$!; \
+	$(PY) -m bench.offline --dataset longctx --prompts 3 --threads 1 --budget 16 32 \
+	  --methods $(OFFLINE_METHODS) --out bench/results/offline-eagle3 && wait $$pid
 
 clean:
 	rm -rf build *.egg-info
