@@ -10,6 +10,9 @@ from __future__ import annotations
 import logging
 import shutil
 import subprocess
+import sys
+import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -236,3 +239,21 @@ def test_sglang_target_only_sampling_kernel_on_grafted_trees(n: int) -> None:
     assert torch.equal(out[2].cpu(), want.accept_length)
     assert torch.equal(out[1].cpu(), want.accept_index)
     assert torch.equal(out[0].cpu(), want.predicts)
+
+
+@pytest.mark.slow
+def test_wheel_carries_kernel_sources_weights_and_entry_point(tmp_path) -> None:
+    """``pip install graft-sglang`` users get the kernel sources (JIT build), the EAGLE-3 head
+    and the SGLang plugin entry point."""
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "-q", "-w", str(tmp_path), str(root)], check=True, cwd=tmp_path)
+    (wheel,) = tmp_path.glob("graft_sglang-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for source in ("graft_tree.cuh", "graft_tree_binding.cpp", "graft_tree_cuda.cu"):
+        assert f"graft_sglang/kernel_sources/{source}" in names
+    head = "graft_sglang/eagle3/weights/smollm2-135m-instruct/"
+    assert {head + "config.json", head + "model.safetensors"} <= names
+    entry = next(n for n in names if n.endswith("entry_points.txt"))
+    text = zipfile.ZipFile(wheel).read(entry).decode()
+    assert "[sglang.srt.plugins]" in text and "graft_sglang.plugin.registration:register" in text

@@ -29,7 +29,8 @@ from graft_sglang.tree.layout import TreeLayout, TreeMaskMode, tree_mask
 from graft_sglang.tree.retrieved import RetrievedCandidates
 
 logger = logging.getLogger(__name__)
-KERNEL_DIR = Path(__file__).resolve().parents[2] / "kernels"
+# The top-level kernels/ (a link in the checkout, a copy in the wheel).
+KERNEL_DIR = Path(__file__).resolve().parents[1] / "kernel_sources"
 _loaded: dict[str, ModuleType] = {}
 _warned: set[str] = set()
 
