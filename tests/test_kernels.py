@@ -246,8 +246,14 @@ def test_wheel_carries_kernel_sources_weights_and_entry_point(tmp_path) -> None:
     """``pip install graft-sglang`` users get the kernel sources (JIT build), the EAGLE-3 head
     and the SGLang plugin entry point."""
     root = Path(__file__).resolve().parents[1]
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                    "-q", "-w", str(tmp_path), str(root)], check=True, cwd=tmp_path)
+    leftovers = [p for p in (root / "build", root / "graft_sglang.egg-info") if not p.exists()]
+    try:
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
+                        "--no-build-isolation", "-q", "-w", str(tmp_path), str(root)],
+                       check=True, cwd=tmp_path)
+    finally:  # setuptools builds in the checkout: leave it as it was
+        for path in leftovers:
+            shutil.rmtree(path, ignore_errors=True)
     (wheel,) = tmp_path.glob("graft_sglang-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for source in ("graft_tree.cuh", "graft_tree_binding.cpp", "graft_tree_cuda.cu"):
