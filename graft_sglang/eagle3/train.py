@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> None:
             with torch.no_grad():
                 val_loss, val_acc = ttt_loss(head, val_batch, args.ttt_steps, t2d)
             point = {"step": state["step"], "seconds": round(state["seconds"]),
-                     "train_loss": round(float(loss), 4), "val_loss": round(float(val_loss), 4),
+                     "train_loss": round(loss.item(), 4), "val_loss": round(float(val_loss), 4),
                      "val_acc": [round(a, 3) for a in val_acc]}
             state["curve"].append(point)
             print(f"[train] {json.dumps(point)}", file=sys.stderr, flush=True)
