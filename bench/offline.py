@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from bench.datasets import load
 from bench.plot import plot
+from graft_sglang.datasets import load
 from graft_sglang.engine.decode import Sampling, SpeculativeEngine
 from graft_sglang.engine.drafters.base import Drafter
 from graft_sglang.engine.drafters.lm import LMDrafter, truncated_copy

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 import torch
 
 from graft_sglang.retrieval.base import Continuations, RetrievalSource
+from graft_sglang.retrieval.successor import PAPER_WIDTHS, SuccessorTable
 from graft_sglang.tree.builder import GraftConfig, GraftTree, build_graft_tree, prune_mask
 from graft_sglang.tree.draft import DraftCandidates
-from graft_sglang.tree.retrieved import RetrievedCandidates, pack_retrieved
+from graft_sglang.tree.retrieved import RetrievedCandidates, concat_retrieved, pack_retrieved
 
 
 @dataclass(frozen=True)
@@ -42,12 +43,13 @@ class RetrievalPlan:
         return self.root_nodes + self.draft_anchors * self.anchor_nodes
 
 
-def kept_draft_leaves(draft: DraftCandidates, config: GraftConfig, count: int) -> list[list[int]]:
+def kept_draft_leaves(draft: DraftCandidates, config: GraftConfig, count: int,
+                      draft_quotas: torch.Tensor | None = None) -> list[list[int]]:
     """Per request, up to ``count`` leaves of the kept (unpruned) draft tree, best score first."""
     if count == 0 or draft.num_candidates == 0:
         return [[] for _ in range(draft.batch_size)]
     scores = draft.scores.float()
-    kept = ~prune_mask(scores, config)
+    kept = ~prune_mask(scores, config, draft_quotas)
     # A kept node with a kept child is not a leaf (column m absorbs the non-kept children).
     m = draft.num_candidates
     has_kept_child = torch.zeros(draft.batch_size, m + 1, dtype=torch.bool, device=scores.device)
@@ -75,22 +77,34 @@ def draft_path(draft: DraftCandidates, b: int, node: int) -> list[int]:
 
 
 class GraftProposer:
-    """Builds Graft trees for a batch and keeps the retrieval source in step with decoding."""
+    """Builds Graft trees for a batch and keeps the retrieval sources in step with decoding.
+
+    retrieval: the suffix (or any ``RetrievalSource``) retriever, queried below the root and
+               the best kept draft leaves (``plan``), or None.
+    successor: the paper's successor table, walked from the root token along
+               ``successor_widths``; fed with the target's logits at every verified node
+               (``observe_verified``). Its slots compete with ``retrieval``'s for the budget.
+    """
 
     def __init__(
-        self, config: GraftConfig, retrieval: RetrievalSource | None, plan: RetrievalPlan
+        self, config: GraftConfig, retrieval: RetrievalSource | None, plan: RetrievalPlan,
+        successor: SuccessorTable | None = None,
+        successor_widths: Sequence[int] = PAPER_WIDTHS,
     ) -> None:
         self.config = config
         self.retrieval = retrieval
         self.plan = plan
+        self.successor = successor
+        self.successor_widths = tuple(successor_widths)
 
     def retrieve(
-        self, rids: Sequence[str], draft: DraftCandidates
+        self, rids: Sequence[str], draft: DraftCandidates,
+        draft_quotas: torch.Tensor | None = None,
     ) -> list[list[tuple[int, Continuations]]]:
         """Per request: the root trie, then one trie per chosen draft anchor."""
         if self.retrieval is None:
             return [[] for _ in rids]
-        anchors = kept_draft_leaves(draft, self.config, self.plan.draft_anchors)
+        anchors = kept_draft_leaves(draft, self.config, self.plan.draft_anchors, draft_quotas)
         out = []
         for b, rid in enumerate(rids):
             tries = [(-1, self.retrieval.propose(rid, (), self.plan.root_nodes))]
@@ -100,27 +114,42 @@ class GraftProposer:
             out.append(tries)
         return out
 
+    def candidates(
+        self, rids: Sequence[str], root_tokens: torch.Tensor, draft: DraftCandidates,
+        draft_quotas: torch.Tensor | None = None,
+    ) -> RetrievedCandidates:
+        """Every source's retrieved candidates of the step, side by side (suffix tries packed
+        into ``plan.max_slots`` slots, then the successor table's walk)."""
+        device = root_tokens.device
+        retrieved = pack_retrieved(self.retrieve(rids, draft, draft_quotas),
+                                   draft.num_candidates, self.plan.max_slots, device=device)
+        if self.successor is not None:
+            walk = self.successor.propose(root_tokens, self.successor_widths,
+                                          draft.num_candidates, check=self.config.check_inputs)
+            retrieved = concat_retrieved(retrieved, walk, draft.num_candidates)
+        return retrieved
+
     def build(
         self, rids: Sequence[str], root_tokens: torch.Tensor, seq_lens: torch.Tensor,
-        draft: DraftCandidates, tries: list[list[tuple[int, Continuations]]] | None = None,
-        config: GraftConfig | None = None,
+        draft: DraftCandidates, config: GraftConfig | None = None,
+        draft_quotas: torch.Tensor | None = None,
     ) -> GraftTree:
         """root_tokens [bs], seq_lens [bs], draft [bs, M] -> trees of ``config.budget`` nodes.
 
-        ``tries`` (from ``retrieve``) may be passed in when the caller times retrieval apart;
-        ``config`` overrides the proposer's for this step (e.g. a stage's draft quota).
+        ``config`` overrides the proposer's for this step (e.g. a stage's draft quota);
+        ``draft_quotas`` [bs]: per-request draft quotas (the stage each request reached).
         """
         if len(rids) != root_tokens.shape[0]:
             raise ValueError(f"{len(rids)} request ids for a batch of {root_tokens.shape[0]}")
-        if tries is None:
-            tries = self.retrieve(rids, draft)
-        retrieved = self.pack(tries, draft, root_tokens.device)
-        return build_graft_tree(root_tokens, seq_lens, draft, retrieved, config or self.config)
+        retrieved = self.candidates(rids, root_tokens, draft, draft_quotas)
+        return build_graft_tree(root_tokens, seq_lens, draft, retrieved, config or self.config,
+                                draft_quotas)
 
-    def pack(self, tries: list[list[tuple[int, Continuations]]], draft: DraftCandidates,
-             device: torch.device | str = "cpu") -> RetrievedCandidates:
-        """``retrieve``'s tries as the builder's padded slots (``plan.max_slots`` per request)."""
-        return pack_retrieved(tries, draft.num_candidates, self.plan.max_slots, device=device)
+    def observe_verified(self, tokens: torch.Tensor, logits: torch.Tensor) -> None:
+        """tokens [n] the verified nodes' tokens, logits [n, V] the target's there: the
+        successor table's update (rows of every verified node, accepted or not)."""
+        if self.successor is not None:
+            self.successor.update_from_logits(tokens, logits, check=self.config.check_inputs)
 
     def start(self, rid: str, prompt: Sequence[int]) -> None:
         if self.retrieval is not None:

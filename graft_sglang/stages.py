@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 PAPER_BUDGET = 60
 PAPER_DRAFT_SPLIT = (8, 24, 40)
 
@@ -47,14 +49,40 @@ class StagePolicy:
             if not 0.0 <= s <= 1.0:
                 raise ValueError(f"StagePolicy.draft_shares must be in [0, 1], got {s}")
 
-    def fires(self, level: int, best_confidence: float) -> int | None:
-        """Index of the checkpoint that stops drafting after ``level``, or None to go on."""
-        if level in self.levels:
-            stage = self.levels.index(level)
-            if best_confidence < self.thresholds[stage]:
-                return stage
-        return None
+    def advance(self, stage: torch.Tensor, level: int, best: torch.Tensor) -> torch.Tensor:
+        """The checkpoint rule, batched and on the device (no host read).
+
+        stage: [bs] int64, the checkpoint that stopped each request so far (-1: none).
+        best:  [bs], the best cumulative path confidence after draft level ``level``.
+        Returns the updated stages: a request that had not stopped and is below the threshold
+        of a checkpoint at ``level`` stops at that checkpoint.
+        """
+        if level not in self.levels:
+            return stage
+        index = self.levels.index(level)
+        return torch.where((stage < 0) & (best < self.thresholds[index]),
+                           torch.full_like(stage, index), stage)
+
+    def stages_from_scores(self, scores: torch.Tensor, topk: int) -> torch.Tensor:
+        """The stage of each request from a finished draft loop's candidate scores.
+
+        scores: [bs, M] cumulative confidences in SGLang's draft-loop layout (level 0: ``topk``
+        candidates, every later level ``topk**2``). Returns [bs] int64 (-1: none fired).
+        """
+        bs, m = scores.shape
+        stage = torch.full((bs,), -1, dtype=torch.int64, device=scores.device)
+        start, width, level = 0, topk, 0
+        while start < m:
+            stage = self.advance(stage, level, scores[:, start:start + width].amax(dim=1))
+            start, width, level = start + width, topk * topk, level + 1
+        return stage
 
     def draft_quota(self, stage: int, budget: int) -> int:
         """Draft nodes kept at ``stage`` for a tree of ``budget`` nodes (root included)."""
         return round(self.draft_shares[stage] * (budget - 1))
+
+    def draft_quotas(self, stage: torch.Tensor, budget: int) -> torch.Tensor:
+        """stage [bs] (-1: no checkpoint fired) -> [bs] int64 draft quotas: the stage's split,
+        or the whole budget (the dense draft tree, as in EAGLE-3) where none fired."""
+        quotas = [self.draft_quota(s, budget) for s in range(len(self.levels))] + [budget - 1]
+        return torch.tensor(quotas, dtype=torch.int64, device=stage.device)[stage]

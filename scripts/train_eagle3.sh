@@ -6,13 +6,13 @@
 # generators side by side (faster than one two-thread generator on small batches), then training
 # and evaluation on THREADS threads. Data stops at DATA_MINUTES (whole shards), training at
 # TRAIN_MINUTES.
-#   [WORKERS=2] [THREADS=2] [PROMPTS=3200] scripts/train_eagle3.sh [DATA_MINUTES=55] [TRAIN_MINUTES=35]
+#   [WORKERS=2] [THREADS=2] [PROMPTS=3200] scripts/train_eagle3.sh [DATA_MINUTES=60] [TRAIN_MINUTES=45]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PY:-$(./scripts/make_venv.sh)/bin/python}"
 export HF_HUB_OFFLINE=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-DATA_MINUTES="${1:-55}"
-TRAIN_MINUTES="${2:-35}"
+DATA_MINUTES="${1:-60}"
+TRAIN_MINUTES="${2:-45}"
 THREADS="${THREADS:-2}"
 OUT=graft_sglang/eagle3/weights/smollm2-135m-instruct
 

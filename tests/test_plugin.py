@@ -160,13 +160,55 @@ def test_settings_from_env() -> None:
     assert GraftSettings.from_env({}).retrieval_plan(32).root_nodes == 31
 
 
+def test_paper_mode_settings() -> None:
+    s = GraftSettings.from_env({"SGLANG_GRAFT_MODE": "graft-paper"},
+                               default_stage_thresholds=(0.3, 0.2, 0.1))
+    assert (s.retrieval, s.stage_levels, s.stage_thresholds) == ("successor", (0, 1, 5),
+                                                                 (0.3, 0.2, 0.1))
+    policy = s.stage_policy()
+    assert policy is not None and [policy.draft_quota(i, 61) for i in range(3)] == [8, 24, 40]
+    assert s.graft_config(32).threshold is None and s.stop_below is None
+    assert s.retrieval_plan(32).max_slots == 0  # the successor table alone
+    s = GraftSettings.from_env({"SGLANG_GRAFT_MODE": "graft-paper", "SGLANG_GRAFT_RETRIEVAL":
+                                "both", "SGLANG_GRAFT_STAGE_LEVELS": "0,2",
+                                "SGLANG_GRAFT_STAGE_THRESHOLDS": "0.4,0.2"})
+    assert s.retrieval == "both" and s.stage_policy().levels == (0, 2)
+    assert s.retrieval_plan(32).root_nodes == 31
+    graft = GraftSettings.from_env({"SGLANG_GRAFT_THRESHOLD": "0.2"})
+    assert graft.stage_policy() is None and graft.stop_below == 0.2
+    assert not graft.graft_config(32).check_inputs  # no host reads in a server's step
+    for env, match in [
+        ({"SGLANG_GRAFT_MODE": "eagle"}, "SGLANG_GRAFT_MODE must be one of"),
+        ({"SGLANG_GRAFT_RETRIEVAL": "radix"}, "SGLANG_GRAFT_RETRIEVAL must be one of"),
+        ({"SGLANG_GRAFT_MODE": "graft-paper", "SGLANG_GRAFT_STAGE_THRESHOLDS": "0.3,0.2"},
+         "as many thresholds"),
+        ({"SGLANG_GRAFT_MODE": "graft-paper", "SGLANG_GRAFT_STAGE_LEVELS": "1,0,5"}, "ascend"),
+        ({"SGLANG_GRAFT_STAGE_LEVELS": "0;1"}, "comma-separated"),
+        ({"SGLANG_GRAFT_SUCCESSOR_K": "0"}, "SUCCESSOR_K must be >= 1"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            GraftSettings.from_env(env)
+
+
+def test_paper_mode_server_args(draft_dir: Path, monkeypatch) -> None:
+    """graft-paper drafts one level past its deepest checkpoint by default, and refuses a
+    checkpoint the draft loop never reaches."""
+    monkeypatch.setenv("SGLANG_GRAFT_MODE", "graft-paper")
+    cfg = resolve(draft_dir)
+    assert (cfg.speculative_num_steps, cfg.speculative_eagle_topk,
+            cfg.speculative_num_draft_tokens) == (6, 8, 32)
+    with pytest.raises(ValueError, match=r"level 5 needs --speculative-num-steps >= 6"):
+        resolve(draft_dir, speculative_num_steps=5, speculative_eagle_topk=8,
+                speculative_num_draft_tokens=32)
+
+
 # -- draft loop output -> Graft tree -> SGLang's verify input ------------------------------------
 def test_all_candidates_matches_draft_loop_layout() -> None:
     gen = torch.Generator().manual_seed(0)
     topk, steps = 4, 3
     lists = eagle_loop_lists(gen, 2, topk, steps, 50)
     parent_list, scores, tokens = all_candidates(*lists, num_draft_token=16)
-    got = draft_candidates(parent_list, scores, tokens, topk, steps)
+    got = draft_candidates(parent_list, scores, tokens, topk)
     want = from_eagle_draft_loop(*lists, topk)
     for name in ("tokens", "parents", "scores"):
         torch.testing.assert_close(getattr(got, name), getattr(want, name))
@@ -175,7 +217,7 @@ def test_all_candidates_matches_draft_loop_layout() -> None:
 def graft_tree(seed: int = 1, bs: int = 3, n: int = 24, topk: int = 4, steps: int = 3):
     gen = torch.Generator().manual_seed(seed)
     lists = eagle_loop_lists(gen, bs, topk, steps, 50)
-    draft = draft_candidates(*all_candidates(*lists, num_draft_token=n), topk, steps)
+    draft = draft_candidates(*all_candidates(*lists, num_draft_token=n), topk)
     retrieved = random_retrieved(gen, bs, draft.num_candidates, 50, 12)
     seq_lens = torch.tensor([5, 9, 17])[:bs]
     roots = torch.randint(0, 50, (bs,), generator=gen)
@@ -338,9 +380,12 @@ def test_graft_metrics_beside_spec_accept_length() -> None:
     assert hasattr(SchedulerInternalStateController._add_speculative, "__wrapped__")
     state = GraftState(GraftSettings(), 8, None)
     state.steps, state.accepted_draft, state.accepted_grafted = 3, 6, 2
+    state.stops = {1: 4, 0: 2}
     assert graft_metrics(state) == {"graft_steps": 3, "graft_accepted_draft_tokens": 6,
                                     "graft_accepted_grafted_tokens": 2,
-                                    "graft_grafted_share": 0.25}
+                                    "graft_grafted_share": 0.25,
+                                    "graft_draft_stops_after_level_0": 2,
+                                    "graft_draft_stops_after_level_1": 4}
 
 
 def test_request_state_follows_sglang_reqs() -> None:
@@ -394,7 +439,7 @@ def test_plugin_step_loop_is_lossless_against_greedy_decoding() -> None:
         rids = state.sync(reqs)
         contexts = [[*r.origin_input_ids, *r.output_ids] for r in reqs]
         draft = draft_candidates(*all_candidates(*eagle_loop_lists(gen, len(reqs), topk,
-                                                                   steps, vocab), n), topk, steps)
+                                                                   steps, vocab), n), topk)
         roots = torch.tensor([c[-1] for c in contexts])
         seq_lens = torch.tensor([len(c) - 1 for c in contexts])
         tree = state.proposer.build(rids, roots, seq_lens, draft)

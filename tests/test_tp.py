@@ -1,9 +1,10 @@
 """Tensor-parallel consistency with real ``torch.distributed`` (gloo, 2 and 4 processes).
 
 Each rank runs the Graft state a TP rank of the SGLang worker runs (proposer, suffix retriever,
-radix feed) on the inputs every rank sees alike (request arrivals, draft candidates, accepted
-tokens, cache inserts / evictions), and the ranks compare their trees and retrieval state after
-every step. The broadcast switch is checked on trees that differ per rank.
+radix feed; in graft-paper mode the stage split and the successor table too) on the inputs every
+rank sees alike (request arrivals, draft candidates, accepted tokens, cache inserts / evictions,
+verify logits), and the ranks compare their trees and retrieval state after every step. The
+broadcast switch is checked on trees that differ per rank.
 """
 
 from __future__ import annotations
@@ -16,14 +17,18 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from graft_sglang.plugin.radix_feed import RadixFeed
-from graft_sglang.plugin.settings import GraftSettings
-from graft_sglang.plugin.tp import broadcast_tree, trees_agree
-from graft_sglang.proposer import GraftProposer
-from graft_sglang.retrieval.suffix import SuffixRetriever
-from graft_sglang.tree.builder import GraftTree
-from graft_sglang.tree.layout import tree_layout
-from tests.random_inputs import eagle_draft
+pytest.importorskip("sglang")
+
+from graft_sglang.plugin.radix_feed import RadixFeed  # noqa: E402
+from graft_sglang.plugin.settings import GraftSettings  # noqa: E402
+from graft_sglang.plugin.tp import broadcast_tree, trees_agree  # noqa: E402
+from graft_sglang.plugin.verify_input import step_tree  # noqa: E402
+from graft_sglang.plugin.worker import GraftState, all_candidates  # noqa: E402
+from graft_sglang.proposer import GraftProposer  # noqa: E402
+from graft_sglang.retrieval.suffix import SuffixRetriever  # noqa: E402
+from graft_sglang.tree.builder import GraftTree  # noqa: E402
+from graft_sglang.tree.layout import tree_layout  # noqa: E402
+from tests.random_inputs import eagle_draft, eagle_loop_lists  # noqa: E402
 
 BUDGET, TOPK, DEPTH, VOCAB, STEPS = 16, 3, 3, 12, 40
 
@@ -93,6 +98,41 @@ def _deterministic_build(rank: int) -> None:
     assert differs, "the fingerprint did not see a rank-dependent corpus"
 
 
+def _paper_build(rank: int) -> None:
+    """graft-paper: per-request stages from the draft scores, the successor table fed with the
+    verify logits (which SGLang all-gathers over the vocabulary, so every rank has them all),
+    suffix retrieval beside it: identical trees and tables on every rank."""
+    settings = GraftSettings(mode="graft-paper", retrieval="both", stage_levels=(0, 1),
+                             stage_thresholds=(0.5, 0.3))
+    state = GraftState(settings, BUDGET, VOCAB)
+    proposer, table = state.proposer, state.proposer.successor
+    gen = torch.Generator().manual_seed(99)  # the inputs all ranks share
+    live = {f"r{i}": torch.randint(0, VOCAB, (6,), generator=gen).tolist() for i in range(3)}
+    for rid, prompt in live.items():
+        proposer.start(rid, prompt)
+    for step in range(STEPS):
+        rids = sorted(live)
+        levels = int(torch.randint(1, DEPTH + 1, (1,), generator=gen))
+        lists = eagle_loop_lists(gen, len(rids), TOPK, levels, VOCAB)
+        roots = torch.tensor([live[r][-1] for r in rids])
+        seq_lens = torch.tensor([len(live[r]) for r in rids])
+        tree = step_tree(proposer, rids, roots, seq_lens, *all_candidates(*lists, BUDGET), TOPK,
+                         state.policy)
+        assert trees_agree(tree), f"rank {rank}: trees differ at step {step}"
+        logits = torch.randn(len(rids) * BUDGET, VOCAB, generator=gen)
+        proposer.observe_verified(tree.tokens.reshape(-1), logits)
+        assert _all_equal(table.ids) and _all_equal(table.probs), \
+            f"rank {rank}: successor tables differ at step {step}"
+        for b, rid in enumerate(rids):
+            accepted = _accepted_path(tree, b, int(torch.randint(1, DEPTH + 2, (1,),
+                                                                 generator=gen)))
+            live[rid] += accepted
+            proposer.commit(rid, accepted)
+    # the check can fail: rank-dependent logits give different tables
+    proposer.observe_verified(torch.tensor([rank % VOCAB]), torch.randn(1, VOCAB) + rank)
+    assert not (_all_equal(table.ids) and _all_equal(table.probs))
+
+
 def _broadcast(rank: int) -> None:
     gen = torch.Generator().manual_seed(rank)  # every rank drafts something else
     proposer = GraftProposer(GraftSettings().graft_config(BUDGET), None,
@@ -116,6 +156,7 @@ def _run(rank: int, world: int, init: str) -> None:
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     try:
         _deterministic_build(rank)
+        _paper_build(rank)
         _broadcast(rank)
     finally:
         dist.destroy_process_group()

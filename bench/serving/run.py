@@ -101,7 +101,7 @@ def server_env(method: str, args: argparse.Namespace) -> dict[str, str]:
 def write_dataset(name: str, path: Path) -> Path:
     """The prompts as SGLang's ``custom`` JSONL (a user turn and an empty assistant turn; the
     output length is fixed by ``--sharegpt-output-len``)."""
-    from bench.datasets import load
+    from graft_sglang.datasets import load
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as f:

@@ -1,6 +1,10 @@
 """Self-distillation data: the target's own greedy responses and its hidden states.
 
-Each shard (``shard_XXXX.pt``) holds, per sequence, the chat-formatted prompt + greedy response
+Each shard's prompts are ``--chat-share`` user turns sampled from the target itself
+(``prompts.self_instruct_prompts``, seeded by the shard index) and the rest package-text prompts
+(``prompts.build_prompts``); nothing from the evaluation sets (``graft_sglang.datasets``). Each
+shard (``shard_XXXX.pt``: ``{"rows": [...], "self_instruct_rejected": {reason: count}}``) holds,
+per sequence, its ``source`` and ``prompt`` text, the chat-formatted prompt + greedy response
 token ids ``[L]`` (int32), the prompt length, the target's hidden states at the feature
 layers ``[L, 3, H]`` (fp16) and its final-norm output ``[L, H]`` (fp16; ``lm_head`` of it is the
 target's next-token logits, the soft labels of training), recomputed by one forward over prompt +
@@ -17,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from graft_sglang.eagle3.prompts import build_prompts
+from graft_sglang.datasets import heldout_texts
+from graft_sglang.eagle3.prompts import build_prompts, self_instruct_prompts
 from graft_sglang.engine.model import cache_dir, load_model
 
 FEATURE_LAYERS = (2, 15, 27)
@@ -27,6 +32,19 @@ SGLang's terms ``eagle_aux_hidden_state_layer_ids = [i - 1 for i in FEATURE_LAYE
 
 def default_data_dir() -> Path:
     return cache_dir() / "eagle3" / "data"
+
+
+def shard_prompts(model: torch.nn.Module, tokenizer: object, shard: int, batch_size: int,
+                  chat_share: float, package_prompts: list[str], exclude: list[str],
+                  ) -> tuple[list[tuple[str, str]], dict[str, int]]:
+    """The (source, prompt) pairs of one shard and the self-instruct rejection counts."""
+    num_chat = round(batch_size * chat_share)
+    chat, rejected = self_instruct_prompts(model, tokenizer, num_chat, seed=shard,
+                                           exclude=exclude) if num_chat else ([], {})
+    per_shard = batch_size - num_chat
+    package = package_prompts[shard * per_shard:(shard + 1) * per_shard]
+    return [("self-instruct", p) for p in chat] + [("package-text", p) for p in package], \
+        rejected
 
 
 @torch.no_grad()
@@ -74,8 +92,10 @@ def generate_batch(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=default_data_dir())
-    parser.add_argument("--num-prompts", type=int, default=1600)
+    parser.add_argument("--num-prompts", type=int, default=3200)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--chat-share", type=float, default=0.75,
+                        help="share of each shard's prompts sampled from the target itself")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--worker", type=int, default=0, help="this worker's index")
@@ -86,24 +106,33 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not 0 <= args.worker < args.workers:
         parser.error(f"--worker {args.worker} must be in [0, --workers {args.workers})")
+    if not 0.0 <= args.chat_share <= 1.0:
+        parser.error(f"--chat-share must be in [0, 1], got {args.chat_share}")
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    prompts = build_prompts(args.num_prompts)
+    num_shards = -(-args.num_prompts // args.batch_size)
+    per_shard = args.batch_size - round(args.batch_size * args.chat_share)
+    package_prompts = build_prompts(num_shards * per_shard)
+    exclude = heldout_texts()
     loaded = load_model()
     tokens_done = 0
-    for shard, lo in enumerate(range(0, len(prompts), args.batch_size)):
+    for shard in range(num_shards):
         path = args.out / f"shard_{shard:04d}.pt"
         if shard % args.workers != args.worker or path.exists():  # another's, or resumed
             continue
-        rows = generate_batch(loaded.model, loaded.tokenizer, prompts[lo:lo + args.batch_size],
+        pairs, rejected = shard_prompts(loaded.model, loaded.tokenizer, shard, args.batch_size,
+                                        args.chat_share, package_prompts, exclude)
+        rows = generate_batch(loaded.model, loaded.tokenizer, [p for _, p in pairs],
                               args.max_new_tokens)
-        torch.save(rows, path.with_suffix(".tmp"))
+        for row, (source, prompt) in zip(rows, pairs, strict=True):
+            row["source"], row["prompt"] = source, prompt
+        torch.save({"rows": rows, "self_instruct_rejected": rejected}, path.with_suffix(".tmp"))
         path.with_suffix(".tmp").rename(path)
         tokens_done += sum(len(r["tokens"]) - r["prompt_len"] for r in rows)
         elapsed = time.time() - start
-        print(f"[data] shard {shard} ({lo + len(rows)}/{len(prompts)} prompts) "
-              f"{tokens_done} response tokens this run, {elapsed:.0f} s", file=sys.stderr,
+        print(f"[data] shard {shard + 1}/{num_shards}: {tokens_done} response tokens this run, "
+              f"{elapsed:.0f} s; self-instruct rejected {rejected}", file=sys.stderr,
               flush=True)
         if args.deadline_min and elapsed > 60 * args.deadline_min:
             print("[data] deadline reached, stopping", file=sys.stderr)

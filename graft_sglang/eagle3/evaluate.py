@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from graft_sglang.datasets import mtbench
 from graft_sglang.eagle3.data import generate_batch
 from graft_sglang.eagle3.train import collate, target_to_draft_map, ttt_loss
 from graft_sglang.engine.cached_lm import CachedLM
@@ -64,9 +65,6 @@ def draft_step_cost(target: torch.nn.Module, drafter, prompt: list[int], topk: i
 
 
 def main(argv: list[str] | None = None) -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from bench.datasets import mtbench
-
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--head", type=Path, default=WEIGHTS_DIR)
     parser.add_argument("--prompts", type=int, default=16, help="first N MT-bench questions")

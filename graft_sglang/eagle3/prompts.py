@@ -1,8 +1,14 @@
-"""Training prompts built from text shipped inside installed Python packages (docstrings).
+"""Training prompts: user turns sampled from the target itself, and text shipped in packages.
 
-Never MT-bench or the offline benchmark's long-context set: only module/function docstrings of
-installed packages, wrapped in a few instruction templates (coding, explaining, summarising,
-writing, advice), plus synthetic arithmetic word problems. Deterministic for a given venv.
+Never MT-bench or the offline benchmark's long-context set:
+
+* ``self_instruct_prompts``: user turns the chat model writes itself when its chat template is
+  cut off right after the user header (Magpie, arXiv 2406.08464): general chat requests in the
+  model's own idiom, the distribution a chat drafter serves. A sample that shares an 8-word
+  sequence with a held-out text is discarded.
+* ``build_prompts``: module/function docstrings of installed packages wrapped in instruction
+  templates (coding, explaining, summarising, writing, advice), plus synthetic arithmetic word
+  problems. Deterministic for a given venv.
 """
 
 from __future__ import annotations
@@ -10,8 +16,11 @@ from __future__ import annotations
 import ast
 import importlib.util
 import random
-from collections.abc import Iterator
+import re
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+import torch
 
 SOURCE_PACKAGES = ("numpy", "transformers", "hypothesis", "pytest", "sympy", "jinja2")
 
@@ -112,3 +121,69 @@ def build_prompts(count: int, seed: int = 0) -> list[str]:
     if len(prompts) < count:
         raise ValueError(f"count={count}: only {len(prompts)} prompts available")
     return prompts
+
+
+HELDOUT_NGRAM = 8
+"""A sampled prompt sharing this many consecutive words with a held-out text is discarded."""
+
+
+def _ngrams(text: str, n: int = HELDOUT_NGRAM) -> set[tuple[str, ...]]:
+    words = re.findall(r"\w+", text.lower())
+    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+def user_turn_prefix(tokenizer: object) -> str:
+    """The chat template up to (not including) the user's text: system turn + user header."""
+    marker = "\x00USER\x00"
+    text = tokenizer.apply_chat_template([{"role": "user", "content": marker}],
+                                         add_generation_prompt=False, tokenize=False)
+    return text[: text.index(marker)]
+
+
+@torch.no_grad()
+def self_instruct_prompts(
+    model: torch.nn.Module, tokenizer: object, count: int, seed: int, *,
+    exclude: Iterable[str] = (), max_new_tokens: int = 64, temperature: float = 1.0,
+    top_p: float = 0.95, min_words: int = 4, max_attempts: int = 8,
+) -> tuple[list[str], dict[str, int]]:
+    """``count`` distinct user prompts sampled from the chat model (seeded), and the rejection
+    counts by reason. A sample must end its turn within ``max_new_tokens`` (an unfinished one is
+    usually a document, not a request), have at least ``min_words`` words, and share no
+    ``HELDOUT_NGRAM``-word sequence with ``exclude``."""
+    end_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if end_id is None or end_id == tokenizer.unk_token_id:
+        raise ValueError("self_instruct_prompts needs a ChatML tokenizer (<|im_end|>)")
+    banned = set().union(*(_ngrams(t) for t in exclude))
+    ids = tokenizer(user_turn_prefix(tokenizer), return_tensors="pt",
+                    add_special_tokens=False)["input_ids"]
+    torch.manual_seed(seed)
+    prompts: list[str] = []
+    rejected = {"unfinished": 0, "short": 0, "duplicate": 0, "heldout_overlap": 0}
+    for _ in range(max_attempts):
+        want = count - len(prompts)
+        if want <= 0:
+            break
+        n = want + want // 2 + 1  # about a quarter of samples run past max_new_tokens
+        out = model.generate(ids.expand(n, -1), attention_mask=torch.ones(n, ids.shape[1],
+                             dtype=torch.long), max_new_tokens=max_new_tokens, do_sample=True,
+                             temperature=temperature, top_p=top_p, top_k=0,
+                             eos_token_id=end_id, pad_token_id=end_id)
+        for row in out[:, ids.shape[1]:]:
+            if len(prompts) == count:
+                break
+            if not (row == end_id).any():
+                rejected["unfinished"] += 1
+                continue
+            text = tokenizer.decode(row, skip_special_tokens=True).strip()
+            if len(text.split()) < min_words:
+                rejected["short"] += 1
+            elif text in prompts:
+                rejected["duplicate"] += 1
+            elif _ngrams(text) & banned:
+                rejected["heldout_overlap"] += 1
+            else:
+                prompts.append(text)
+    if len(prompts) < count:
+        raise RuntimeError(f"self_instruct_prompts: {len(prompts)}/{count} prompts after "
+                           f"{max_attempts} rounds ({rejected})")
+    return prompts, rejected

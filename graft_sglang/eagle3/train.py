@@ -47,7 +47,7 @@ class Batch:
 def load_rows(data_dir: Path) -> list[dict]:
     rows = []
     for path in sorted(data_dir.glob("shard_*.pt")):
-        rows.extend(torch.load(path))
+        rows.extend(torch.load(path)["rows"])
     if not rows:
         raise FileNotFoundError(f"no shard_*.pt in {data_dir}: run graft_sglang.eagle3.data")
     return rows

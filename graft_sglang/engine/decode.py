@@ -23,7 +23,6 @@ from graft_sglang.retrieval.successor import SuccessorTable
 from graft_sglang.retrieval.suffix import SuffixRetriever
 from graft_sglang.tree.builder import GraftTree, build_graft_tree, count_grafted
 from graft_sglang.tree.draft import DraftCandidates
-from graft_sglang.tree.retrieved import RetrievedCandidates, concat_retrieved
 from graft_sglang.verify import target_probs, verify_tree_greedy, verify_tree_target_only
 
 
@@ -153,20 +152,19 @@ class SpeculativeEngine:
         rng = torch.Generator().manual_seed(sampling.seed)
         rid = f"req{self._rid}"
         self._rid += 1
+        table = (SuccessorTable(self.vocab_size) if method.retrieval in ("successor", "both")
+                 else None)
         proposer = GraftProposer(method.config,
                                  (self.shared_retriever or SuffixRetriever())
                                  if method.retrieval in ("suffix", "both") else None,
-                                 method.plan)
-        table = (SuccessorTable(self.vocab_size) if method.retrieval in ("successor", "both")
-                 else None)
+                                 method.plan, table)
 
         t0 = time.perf_counter()
         if len(prompt) > 1:
             # The successor table learns from every prompt position's logits.
             logits, feats = lm.forward(torch.tensor(prompt[:-1]), torch.arange(len(prompt) - 1),
                                        last_logits_only=table is None)
-            if table is not None:
-                table.update_from_logits(torch.tensor(prompt[:-1]), logits)
+            proposer.observe_verified(torch.tensor(prompt[:-1]), logits)
         else:
             feats = {layer: torch.zeros(0) for layer in feature_layers}
         if drafter is not None:
@@ -178,7 +176,7 @@ class SpeculativeEngine:
         try:
             while True:
                 before = dict(gen.seconds)
-                tree, window = self._step_tree(gen, method, proposer, table, drafter, rid, root,
+                tree, window = self._step_tree(gen, method, proposer, drafter, rid, root,
                                                lm.cached_len)
                 t0 = time.perf_counter()
                 logits, feats = lm.forward(tree.tokens[0], tree.layout.positions[0],
@@ -207,8 +205,7 @@ class SpeculativeEngine:
                 if self._append_stopping(gen, tokens, sampling):
                     gen.log_step(window, k, grafted, before)
                     return gen
-                if table is not None:  # every verified node rewrites its token's row
-                    table.update_from_logits(tree.tokens[0], logits)
+                proposer.observe_verified(tree.tokens[0], logits)  # successor table rows
                 start = lm.cached_len - window
                 lm.keep(start, nodes)
                 if drafter is not None:
@@ -223,7 +220,7 @@ class SpeculativeEngine:
 
     def _step_tree(
         self, gen: Generation, method: Method, proposer: GraftProposer,
-        table: SuccessorTable | None, drafter: Drafter | None, rid: str, root: int,
+        drafter: Drafter | None, rid: str, root: int,
         seq_len: int,
     ) -> tuple[GraftTree, int]:
         """Draft, retrieve and build this step's tree; returns it and its verified width."""
@@ -231,32 +228,26 @@ class SpeculativeEngine:
         t0 = time.perf_counter()
         if drafter is not None:
             before = getattr(drafter, "forward_count", 0)
-            fired: list[int] = []
+            stage = torch.full((1,), -1)  # the checkpoint that stopped drafting, if any
 
             def stop(level: int, best: float) -> bool:
-                stage = method.stages.fires(level, best) if method.stages else None
-                if stage is not None:
-                    fired.append(stage)
-                return stage is not None or (
+                nonlocal stage
+                if method.stages is not None:
+                    stage = method.stages.advance(stage, level, torch.tensor([best]))
+                return bool(stage[0] >= 0) or (
                     method.stop_below is not None and best < method.stop_below)
 
             early = method.stages is not None or method.stop_below is not None
             draft = drafter.propose(root, method.topk, method.depth, stop if early else None)
             gen.draft_forwards += getattr(drafter, "forward_count", 0) - before
-            if fired and method.stages is not None:
-                config = dataclasses.replace(
-                    config, draft_quota=method.stages.draft_quota(fired[0], config.budget))
+            if method.stages is not None and bool(stage[0] >= 0):
+                config = dataclasses.replace(config, draft_quota=int(
+                    method.stages.draft_quotas(stage, config.budget)[0]))
         else:
             draft = DraftCandidates.empty(1)
         t1 = time.perf_counter()
         roots, lens = torch.tensor([root]), torch.tensor([seq_len])
-        retrieved = RetrievedCandidates.empty(1)
-        if proposer.retrieval is not None:
-            retrieved = proposer.pack(proposer.retrieve([rid], draft), draft)
-        if table is not None:  # with suffix retrieval too, both compete for the budget
-            retrieved = concat_retrieved(
-                retrieved, table.propose(roots, num_draft=draft.num_candidates),
-                draft.num_candidates)
+        retrieved = proposer.candidates([rid], roots, draft)  # sources compete for the budget
         t2 = time.perf_counter()
         tree = build_graft_tree(roots, lens, draft, retrieved, config)
         if method.trim:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from graft_sglang.datasets import mtbench
 from graft_sglang.engine.decode import Sampling, SpeculativeEngine
 from graft_sglang.engine.methods import make_method
 from graft_sglang.engine.model import DEFAULT_MODEL, load_model
@@ -32,9 +33,6 @@ RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "demo.json
 
 
 def _mtbench_prompts(count: int) -> list[str]:
-    # bench/ is a sibling package of the repo, not installed: import lazily from the checkout.
-    from bench.datasets import mtbench
-
     return [row["prompt"] for row in mtbench()[:count]]
 
 

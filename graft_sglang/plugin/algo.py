@@ -19,7 +19,8 @@ from graft_sglang.plugin.settings import GraftSettings
 
 logger = logging.getLogger(__name__)
 
-# Defaults when none of --speculative-num-steps / -eagle-topk / -num-draft-tokens is given.
+# Defaults when none of --speculative-num-steps / -eagle-topk / -num-draft-tokens is given
+# (graft-paper drafts deeper: ``default_steps``).
 DEFAULT_STEPS, DEFAULT_TOPK, DEFAULT_DRAFT_TOKENS = 5, 8, 32
 # Attention backends that read a custom tree mask with page_size > 1 (SGLang's own rule).
 PAGED_TREE_BACKENDS = ("flashinfer", "fa3", "triton")
@@ -69,7 +70,8 @@ def check_server_args(sa: Any) -> None:
         raise ValueError("GRAFT: give all of --speculative-num-steps, --speculative-eagle-topk "
                          "and --speculative-num-draft-tokens, or none (defaults "
                          f"{DEFAULT_STEPS} / {DEFAULT_TOPK} / {DEFAULT_DRAFT_TOKENS})")
-    steps = sa.speculative_num_steps or DEFAULT_STEPS
+    settings = GraftSettings.from_env()  # refuses malformed SGLANG_GRAFT_* settings
+    steps = sa.speculative_num_steps or default_steps(settings)
     topk = sa.speculative_eagle_topk or DEFAULT_TOPK
     n = sa.speculative_num_draft_tokens or DEFAULT_DRAFT_TOKENS
     if steps < 1:
@@ -91,10 +93,22 @@ def check_server_args(sa: Any) -> None:
     if "trtllm_mha" in backends:
         raise ValueError("--attention-backend trtllm_mha verifies chains only (topk = 1); "
                          "GRAFT needs a tree backend, e.g. flashinfer, fa3 or triton")
+    policy = settings.stage_policy()
+    if policy is not None and max(policy.levels) >= steps:
+        raise ValueError(f"SGLANG_GRAFT_STAGE_LEVELS {list(policy.levels)}: level "
+                         f"{max(policy.levels)} needs --speculative-num-steps >= "
+                         f"{max(policy.levels) + 1} (the draft loop has levels 0..steps-1), got "
+                         f"{steps}")
     if (getattr(sa, "page_size", 1) or 1) > 1 and backend not in (None, *PAGED_TREE_BACKENDS):
         raise ValueError(f"GRAFT with --page-size > 1 needs --attention-backend in "
                          f"{PAGED_TREE_BACKENDS}, got {backend!r}")
-    GraftSettings.from_env()  # refuse malformed SGLANG_GRAFT_* settings at start-up
+
+
+def default_steps(settings: GraftSettings) -> int:
+    """--speculative-num-steps when no tree size is given: graft-paper drafts one level past
+    its deepest checkpoint (levels 0..5 for the paper's 0 / 1 / 5)."""
+    policy = settings.stage_policy()
+    return DEFAULT_STEPS if policy is None else max(DEFAULT_STEPS, max(policy.levels) + 1)
 
 
 class GraftAlgo(CustomSpecAlgo):
@@ -135,7 +149,7 @@ class GraftAlgo(CustomSpecAlgo):
         """Defaults and checks; ``sa`` is SGLang's stand-in, so only plain attribute writes."""
         check_server_args(sa)
         if sa.speculative_num_steps is None:
-            sa.speculative_num_steps = DEFAULT_STEPS
+            sa.speculative_num_steps = default_steps(GraftSettings.from_env())
             sa.speculative_eagle_topk = DEFAULT_TOPK
             sa.speculative_num_draft_tokens = DEFAULT_DRAFT_TOKENS
         if sa.max_running_requests is None:

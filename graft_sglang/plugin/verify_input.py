@@ -18,6 +18,7 @@ from sglang.srt.speculative.eagle_info import EagleVerifyInput
 
 from graft_sglang.plugin.tp import broadcast_tree
 from graft_sglang.proposer import GraftProposer
+from graft_sglang.stages import StagePolicy
 from graft_sglang.tree.builder import GraftTree
 from graft_sglang.tree.draft import DraftCandidates, eagle_candidate_parents
 from graft_sglang.tree.layout import TreeMaskMode, tree_mask
@@ -39,17 +40,28 @@ class GraftVerifyInput(EagleVerifyInput):
         return -1
 
 
-def draft_candidates(parent_list: torch.Tensor, scores: torch.Tensor, tokens: torch.Tensor,
-                     topk: int, num_steps: int) -> DraftCandidates:
-    """The draft loop's raw output -> ``DraftCandidates``.
+def drafted_levels(num_candidates: int, topk: int) -> int:
+    """Levels a draft loop produced ``num_candidates`` in (``topk + (L - 1) * topk**2``)."""
+    levels, rest = divmod(num_candidates - topk, topk * topk)
+    if num_candidates < topk or rest:
+        raise ValueError(f"{num_candidates} candidates is not a draft loop's output for topk "
+                         f"{topk}")
+    return levels + 1
 
-    parent_list: [bs, 1 + (num_steps - 1) * topk], SGLang's ``cat(parents_list[:-1])``
+
+def draft_candidates(parent_list: torch.Tensor, scores: torch.Tensor, tokens: torch.Tensor,
+                     topk: int) -> DraftCandidates:
+    """The draft loop's raw output -> ``DraftCandidates`` (any number of levels: a loop that
+    stopped at a checkpoint has fewer).
+
+    parent_list: [bs, 1 + (levels - 1) * topk], SGLang's ``cat(parents_list[:-1])``
         (``-1``, then the candidate indices each level expanded).
     scores / tokens: [bs, M], every candidate's cumulative confidence and token.
     """
     bs = tokens.shape[0]
-    expanded = parent_list[:, 1:].reshape(bs, num_steps - 1, topk).to(torch.int64)
-    parents = eagle_candidate_parents(topk, num_steps, expanded)
+    levels = drafted_levels(tokens.shape[1], topk)
+    expanded = parent_list[:, 1:].reshape(bs, levels - 1, topk).to(torch.int64)
+    parents = eagle_candidate_parents(topk, levels, expanded)
     return DraftCandidates(tokens.to(torch.int64), parents, scores.float())
 
 
@@ -92,20 +104,37 @@ def build_verify_input(
     )
 
 
+def step_tree(
+    proposer: GraftProposer, rids: Sequence[str], roots: torch.Tensor, seq_lens: torch.Tensor,
+    parent_list: torch.Tensor, scores: torch.Tensor, tokens: torch.Tensor, topk: int,
+    policy: StagePolicy | None = None,
+) -> GraftTree:
+    """One step's Graft trees from the draft loop's output (``all_candidates``): roots [bs],
+    seq_lens [bs]; with ``policy``, each request's draft quota is its stage's split."""
+    draft = draft_candidates(parent_list, scores, tokens, topk)
+    quotas = None
+    if policy is not None:
+        quotas = policy.draft_quotas(policy.stages_from_scores(draft.scores, topk),
+                                     proposer.config.budget)
+    return proposer.build(rids, roots, seq_lens, draft, draft_quotas=quotas)
+
+
 def build_graft_verify_input(
     batch: Any, draft_input: Any, parent_list: torch.Tensor, scores: torch.Tensor,
     tokens: torch.Tensor, draft_probs: torch.Tensor | None, *, target_worker: Any, topk: int,
     num_steps: int, num_draft_tokens: int, tree_mask_mode: TreeMaskMode | int, device: str,
     proposer: GraftProposer, rids: Sequence[str],
     broadcast: Callable[[torch.Tensor], object] | None = None,
+    policy: StagePolicy | None = None,
 ) -> EagleVerifyInput:
     """Drop-in for SGLang's ``build_eagle_verify_input`` (same positional arguments), with the
     draft loop's (parent_list, scores, tokens) in place of (parent_list, top_scores_index,
-    draft_tokens). ``broadcast`` (TP safety switch) replaces the tree by TP rank 0's."""
+    draft_tokens). ``broadcast`` (TP safety switch) replaces the tree by TP rank 0's;
+    ``policy``: graft-paper's checkpoints, which set each request's draft quota."""
     if batch.forward_mode.is_idle():
         return EagleVerifyInput.create_idle_input(topk, num_steps, num_draft_tokens, device)
-    draft = draft_candidates(parent_list, scores, tokens, topk, num_steps)
-    tree = proposer.build(rids, draft_input.bonus_tokens, batch.seq_lens, draft)
+    tree = step_tree(proposer, rids, draft_input.bonus_tokens, batch.seq_lens, parent_list,
+                     scores, tokens, topk, policy)
     if broadcast is not None:
         tree = broadcast_tree(tree, broadcast)
     verify_mask = target_worker.model_runner.attn_backend.verify_mask

@@ -13,6 +13,15 @@ KV compaction of the accepted path and draft extend. Two module-level functions 
 
 The substitution lasts exactly one call (single scheduler thread) and covers graph capture,
 since the capture calls the draft worker's own ``draft_forward``.
+
+Stop-drafting checkpoints (graft-paper; in graft mode, "every request's best path is below the
+threshold"): an eager draft loop also runs with ``select_top_k_tokens`` wrapped
+(``plugin/checkpoints.py``) and stops as soon as the whole batch has stopped, skipping the
+remaining draft forward passes. With CUDA graphs the level-0 checkpoint is decided before the
+graph (from the draft-extend's top-k, no pass needed): a batch that stops there skips the graph
+and drafts nothing; deeper checkpoints of a graph-replayed loop set each request's draft quota
+(masking) but save no pass. Each request's stage is recomputed from the candidate scores, so
+both paths split the budget identically.
 """
 
 from __future__ import annotations
@@ -28,10 +37,12 @@ from sglang.srt.speculative import eagle_worker_v2
 from sglang.srt.speculative.eagle_worker_v2 import EagleDraftWorker, EAGLEWorkerV2
 
 from graft_sglang.calibration import load_calibration
+from graft_sglang.plugin.checkpoints import CheckpointedSelect, StopDrafting, capturing
 from graft_sglang.plugin.radix_feed import RadixFeed
 from graft_sglang.plugin.settings import GraftSettings
 from graft_sglang.plugin.verify_input import GraftVerifyInput, build_graft_verify_input
 from graft_sglang.proposer import GraftProposer
+from graft_sglang.retrieval.successor import SuccessorTable
 from graft_sglang.retrieval.suffix import SuffixRetriever
 from graft_sglang.tree.builder import count_grafted
 
@@ -75,15 +86,35 @@ class GraftDraftWorker(EagleDraftWorker):
 
     def draft_forward(self, forward_batch: Any) -> Any:
         with substituted(eagle_worker_v2, organize_draft_results=all_candidates):
-            return super().draft_forward(forward_batch)
+            state = self.graft
+            if (not state.checks_levels or capturing()
+                    or forward_batch.forward_mode.is_idle()):
+                return super().draft_forward(forward_batch)
+            select = CheckpointedSelect(eagle_worker_v2.select_top_k_tokens,
+                                        self.speculative_num_steps, state.policy,
+                                        state.settings.stop_below)
+            try:
+                with substituted(eagle_worker_v2, select_top_k_tokens=select):
+                    return super().draft_forward(forward_batch)
+            except StopDrafting as stop:
+                state.stops[stop.level] = state.stops.get(stop.level, 0) + 1
+                parent_list, scores, tokens = all_candidates(
+                    *select.lists, num_draft_token=self.speculative_num_draft_tokens)
+                return parent_list, scores, tokens, None  # no draft probs: verify is target-only
 
     def draft(self, batch: Any, *, with_topology: bool = False) -> Any:
         if with_topology:  # only pipeline parallelism asks; refused at start-up
             raise NotImplementedError("GRAFT does not support pipeline parallelism")
         rids = self.graft.sync(batch.reqs)
         build = functools.partial(build_graft_verify_input, proposer=self.graft.proposer,
-                                  rids=rids, broadcast=self.graft.broadcast)
-        with substituted(eagle_worker_v2, build_eagle_verify_input=build):
+                                  rids=rids, broadcast=self.graft.broadcast,
+                                  policy=self.graft.policy)
+        graph_off = (self.cuda_graph_runner is not None and self.graft.stops_at_root(
+            batch.spec_info))  # a batch that stops at level 0 needs no draft pass, no graph
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(substituted(eagle_worker_v2, build_eagle_verify_input=build))
+            if graph_off:
+                stack.enter_context(substituted(self, cuda_graph_runner=None))
             verify_input = super().draft(batch)
         self.graft.last_input = verify_input if isinstance(verify_input,
                                                            GraftVerifyInput) else None
@@ -91,22 +122,54 @@ class GraftDraftWorker(EagleDraftWorker):
 
 
 class GraftState:
-    """Per-worker Graft state: the proposer, its retrieval index, request bookkeeping and the
-    per-source acceptance counters."""
+    """Per-worker Graft state: the proposer and its retrieval sources, the checkpoint policy,
+    request bookkeeping and the per-source acceptance counters."""
 
-    def __init__(self, settings: GraftSettings, budget: int, vocab_size: int | None) -> None:
-        self.retriever = SuffixRetriever(settings.suffix_config())
+    def __init__(self, settings: GraftSettings, budget: int, vocab_size: int | None,
+                 device: torch.device | str = "cpu") -> None:
+        self.settings = settings
+        self.policy = settings.stage_policy()
+        self.retriever = (SuffixRetriever(settings.suffix_config())
+                          if settings.retrieval in ("suffix", "both") else None)
+        successor = None
+        if settings.retrieval in ("successor", "both"):
+            if vocab_size is None:
+                raise ValueError("the successor table needs the target's vocabulary size")
+            successor = SuccessorTable(vocab_size, settings.successor_k, device=device)
         self.proposer = GraftProposer(settings.graft_config(budget, vocab_size), self.retriever,
-                                      settings.retrieval_plan(budget))
-        self.radix_feed = RadixFeed(self.retriever) if settings.radix_feed else None
+                                      settings.retrieval_plan(budget), successor)
+        self.radix_feed = (RadixFeed(self.retriever)
+                           if settings.radix_feed and self.retriever is not None else None)
         self.broadcast = _tp_broadcast() if settings.tp_broadcast else None
         self.indexed: dict[str, int] = {}  # rid -> tokens already in the retrieval index
         self.last_input: GraftVerifyInput | None = None
         self.steps = self.accepted_draft = self.accepted_grafted = 0
+        self.stops: dict[int, int] = {}  # level -> eager draft loops stopped after it
+
+    @property
+    def checks_levels(self) -> bool:
+        """Whether the draft loop may stop early (checkpoints, or graft's threshold)."""
+        return self.policy is not None or self.settings.stop_below is not None
+
+    def stops_at_root(self, draft_input: Any) -> bool:
+        """Whether every request stops at level 0, judged from the draft input's top-k
+        probabilities (the level-0 candidates' confidences) before any draft pass."""
+        if not self.checks_levels or getattr(draft_input, "topk_p", None) is None:
+            return False
+        best = draft_input.topk_p.amax(dim=1)
+        stopped = torch.zeros_like(best, dtype=torch.bool)
+        if self.policy is not None:
+            none = torch.full_like(best, -1, dtype=torch.int64)
+            stopped |= self.policy.advance(none, 0, best) >= 0
+        if self.settings.stop_below is not None:
+            stopped |= best < self.settings.stop_below
+        return bool(stopped.all())
 
     def sync(self, reqs: Any) -> list[str]:
         """Bring every request's retrieval state up to its committed tokens (prompt + output;
         complete in synchronous scheduling). Returns the batch's rids in order."""
+        if self.retriever is None:
+            return [req.rid for req in reqs]
         rids = []
         for req in reqs:
             prompt_len = len(req.origin_input_ids)
@@ -121,8 +184,18 @@ class GraftState:
         return rids
 
     def finish(self, rid: str) -> None:
-        if self.indexed.pop(rid, None) is not None:
+        if self.indexed.pop(rid, None) is not None and self.retriever is not None:
             self.retriever.finish_request(rid)
+
+    def observe(self, verify_input: GraftVerifyInput | None, logits_output: Any) -> None:
+        """The successor table learns from the target's logits at every verified node
+        (on the device, no host read); ``logits_output``: the verify forward's
+        ``LogitsProcessorOutput`` (``next_token_logits`` [bs * N, V])."""
+        if self.proposer.successor is None or verify_input is None or logits_output is None:
+            return
+        logits = getattr(logits_output, "next_token_logits", None)
+        if logits is not None and logits.shape[0] == verify_input.draft_token.shape[0]:
+            self.proposer.observe_verified(verify_input.draft_token, logits)
 
     def account(self, accept_index: torch.Tensor, accept_lens: torch.Tensor) -> None:
         """Count accepted nodes by source. accept_index [bs, S] flat node ids; accept_lens
@@ -158,11 +231,12 @@ class GraftWorker(EAGLEWorkerV2):
         # captured later (Scheduler -> init_cuda_graphs), so they record GraftDraftWorker's loop.
         with substituted(eagle_worker_v2, EagleDraftWorker=GraftDraftWorker):
             super().__init__(server_args, gpu_id, nccl_port, target_worker)
-        # A head directory may carry its measured threshold (bench/calibrate.py).
+        # A head directory may carry its measured thresholds (bench/calibrate.py).
         calibration = load_calibration(server_args.speculative_draft_model_path)
-        settings = GraftSettings.from_env(default_threshold=calibration.threshold)
+        settings = GraftSettings.from_env(default_threshold=calibration.threshold,
+                                          default_stage_thresholds=calibration.stage_thresholds)
         vocab = getattr(target_worker.model_runner.model_config, "vocab_size", None)
-        self.graft = GraftState(settings, self.speculative_num_draft_tokens, vocab)
+        self.graft = GraftState(settings, self.speculative_num_draft_tokens, vocab, self.device)
         if self._draft_worker is not None:
             self._draft_worker.graft = self.graft
         if self.graft.radix_feed is not None:
@@ -171,6 +245,7 @@ class GraftWorker(EAGLEWorkerV2):
     def forward_batch_generation(self, batch: Any, *args: Any, **kwargs: Any) -> Any:
         result = super().forward_batch_generation(batch, *args, **kwargs)
         if getattr(result, "accept_index", None) is not None and result.accept_lens is not None:
+            self.graft.observe(self.graft.last_input, getattr(result, "logits_output", None))
             self.graft.account(result.accept_index, result.accept_lens)
         return result
 

