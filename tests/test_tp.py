@@ -19,16 +19,16 @@ import torch.multiprocessing as mp
 
 pytest.importorskip("sglang")
 
-from graft_sglang.plugin.radix_feed import RadixFeed  # noqa: E402
-from graft_sglang.plugin.settings import GraftSettings  # noqa: E402
-from graft_sglang.plugin.tp import broadcast_tree, trees_agree  # noqa: E402
-from graft_sglang.plugin.verify_input import step_tree  # noqa: E402
-from graft_sglang.plugin.worker import GraftState, all_candidates  # noqa: E402
-from graft_sglang.proposer import GraftProposer  # noqa: E402
-from graft_sglang.retrieval.suffix import SuffixRetriever  # noqa: E402
-from graft_sglang.tree.builder import GraftTree  # noqa: E402
-from graft_sglang.tree.layout import tree_layout  # noqa: E402
-from tests.random_inputs import eagle_draft, eagle_loop_lists  # noqa: E402
+from graft_sglang.plugin.radix_feed import RadixFeed
+from graft_sglang.plugin.settings import GraftSettings
+from graft_sglang.plugin.tp import broadcast_tree, trees_agree
+from graft_sglang.plugin.verify_input import step_tree
+from graft_sglang.plugin.worker import GraftState, all_candidates
+from graft_sglang.proposer import GraftProposer
+from graft_sglang.retrieval.suffix import SuffixRetriever
+from graft_sglang.tree.builder import GraftTree
+from graft_sglang.tree.layout import tree_layout
+from tests.random_inputs import eagle_draft, eagle_loop_lists
 
 BUDGET, TOPK, DEPTH, VOCAB, STEPS = 16, 3, 3, 12, 40
 
