@@ -1,7 +1,8 @@
 """Calibrate the pruning thresholds of ``graft`` and ``graft-paper`` for a target + draft head.
 
-Measures a grid on calibration prompts (instructions built from package docstrings, the head's
-training source; never MT-bench or the long-context set, which stay for evaluation):
+Measures a grid on calibration prompts (user turns sampled from the target itself, as the
+head's training prompts are, with a seed no training shard uses; never MT-bench or the
+long-context set, which stay for evaluation):
 ``graft`` over per-node thresholds, ``graft-paper`` over one scale factor on the checkpoint
 thresholds (base 0.35 / 0.25 / 0.15, each capped at 1). Every point runs the offline engine,
 checks its output against plain greedy decoding, and records tau, draft forwards per step and
@@ -28,8 +29,9 @@ from pathlib import Path
 import torch
 
 from graft_sglang.calibration import Calibration
+from graft_sglang.datasets import heldout_texts
 from graft_sglang.eagle3.export import WEIGHTS_DIR
-from graft_sglang.eagle3.prompts import build_prompts
+from graft_sglang.eagle3.prompts import self_instruct_prompts
 from graft_sglang.engine.decode import Sampling, SpeculativeEngine
 from graft_sglang.engine.drafters.eagle3 import load_eagle3_drafter
 from graft_sglang.engine.methods import make_method
@@ -37,7 +39,7 @@ from graft_sglang.engine.model import load_model
 from graft_sglang.engine.runner import MethodRun, chat_ids, log, run_method, stop_ids
 from graft_sglang.stages import StagePolicy
 
-CALIBRATION_SEED = 1  # the head's training prompts are drawn with seed 0
+CALIBRATION_SEED = 1_000_000  # training shards draw their prompts with seeds 0, 1, 2, ...
 
 
 def score(run: MethodRun, objective: str, draft_cost: float) -> float:
@@ -81,7 +83,8 @@ def main(argv: list[str] | None = None) -> dict:
     drafter = load_eagle3_drafter(loaded.model, args.head)
     engine = SpeculativeEngine(loaded.model, drafter)
     tok = loaded.tokenizer
-    texts = build_prompts(args.prompts, seed=CALIBRATION_SEED)
+    texts, _ = self_instruct_prompts(loaded.model, tok, args.prompts, seed=CALIBRATION_SEED,
+                                     exclude=heldout_texts())
     prompts = [chat_ids(tok, t) for t in texts]
     sampling = Sampling(max_new_tokens=args.max_new_tokens, stop_token_ids=stop_ids(tok))
     vocab = int(loaded.model.config.vocab_size)
@@ -121,8 +124,8 @@ def main(argv: list[str] | None = None) -> dict:
         stage_thresholds=tuple(chosen_paper["stage_thresholds"]),
         evidence={"command": "python -m bench.calibrate " + " ".join(argv or []),
                   "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-                  "prompts": len(prompts), "prompt_source": "package docstrings, seed "
-                  f"{CALIBRATION_SEED}", "max_new_tokens": args.max_new_tokens,
+                  "prompts": len(prompts), "prompt_source": "self-instruct (sampled from the "
+                  f"target), seed {CALIBRATION_SEED}", "max_new_tokens": args.max_new_tokens,
                   "budget": args.budget, "objective": args.objective,
                   "draft_cost": args.draft_cost, "threads": args.threads,
                   "autoregressive_tokens_per_s": reference.tokens_per_s, "grid": grid})

@@ -38,6 +38,7 @@ from graft_sglang.engine.runner import (
 )
 
 THRESHOLDED = ("pruned", "graft")
+RETRIEVING = ("retrieval", "graft")  # the methods whose retrieval source --retrieval sweeps
 
 
 def make_drafter(spec: str, target: torch.nn.Module) -> tuple[Drafter | None, str]:
@@ -68,8 +69,9 @@ def main(argv: list[str] | None = None) -> dict:
                    "calibration)")
     p.add_argument("--topk", type=int, default=4)
     p.add_argument("--depth", type=int, default=6)
-    p.add_argument("--retrieval", default="suffix", choices=RETRIEVAL_SOURCES,
-                   help="retrieval of the non-paper methods (both: suffix + successor table)")
+    p.add_argument("--retrieval", nargs="+", default=["suffix"], choices=RETRIEVAL_SOURCES,
+                   help="retrieval sources to sweep for retrieval and graft (both: suffix + "
+                   "successor table competing for slots; the paper modes keep their own)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--drafter", default="default")
@@ -119,19 +121,21 @@ def main(argv: list[str] | None = None) -> dict:
     for name in args.methods:
         if name == "autoregressive" or (make_method(name).draft and drafter is None):
             continue
-        for budget in args.budget:
-            for threshold in thresholds if name in THRESHOLDED else [None]:
-                method = make_method(name, budget=budget, topk=args.topk, depth=args.depth,
-                                     threshold=threshold or calibration.threshold,
-                                     vocab_size=vocab, retrieval=args.retrieval,
-                                     stages=calibration.stage_policy()
-                                     if name in PAPER_MODES else None)
-                settings = {"budget": budget, "topk": method.topk, "depth": method.depth,
-                            "threshold": threshold, "retrieval": method.retrieval}
-                if method.stages is not None:
-                    settings["stage_thresholds"] = list(method.stages.thresholds)
-                log(f"[offline] {name} {settings}")
-                record(run_method(engine, method, prompts, sampling, settings, ar.outputs, log))
+        sweep = [(budget, threshold, source) for budget in args.budget
+                 for threshold in (thresholds if name in THRESHOLDED else [None])
+                 for source in (args.retrieval if name in RETRIEVING else ["suffix"])]
+        for budget, threshold, source in sweep:
+            method = make_method(name, budget=budget, topk=args.topk, depth=args.depth,
+                                 threshold=threshold or calibration.threshold,
+                                 vocab_size=vocab, retrieval=source,
+                                 stages=calibration.stage_policy()
+                                 if name in PAPER_MODES else None)
+            settings = {"budget": budget, "topk": method.topk, "depth": method.depth,
+                        "threshold": threshold, "retrieval": method.retrieval}
+            if method.stages is not None:
+                settings["stage_thresholds"] = list(method.stages.thresholds)
+            log(f"[offline] {name} {settings}")
+            record(run_method(engine, method, prompts, sampling, settings, ar.outputs, log))
 
     report(result["runs"])
     plot(result, json_path.with_suffix(".png"))

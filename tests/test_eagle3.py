@@ -224,3 +224,28 @@ def test_committed_head_is_lossless_and_accepts_drafts() -> None:
                           Sampling(max_new_tokens=40))
     assert gen.tokens == reference
     assert gen.tau > 1.3
+
+
+@pytest.mark.slow
+def test_self_instruct_prompts_are_seeded_and_filtered() -> None:
+    """User turns sampled from the embedded chat model: the same seed gives the same prompts,
+    and a prompt sharing an 8-word run with an excluded (held-out) text is never returned."""
+    from graft_sglang.eagle3.prompts import HELDOUT_NGRAM, self_instruct_prompts
+    from graft_sglang.engine.model import load_model
+
+    try:
+        loaded = load_model()
+    except FileNotFoundError as err:
+        pytest.skip(str(err))
+    model, tok = loaded.model, loaded.tokenizer
+    first, rejected = self_instruct_prompts(model, tok, 3, seed=7, max_new_tokens=40)
+    again, _ = self_instruct_prompts(model, tok, 3, seed=7, max_new_tokens=40)
+    assert first == again and len(set(first)) == 3
+    assert all(len(p.split()) >= 4 and "<|im" not in p for p in first)
+    assert set(rejected) == {"unfinished", "short", "duplicate", "heldout_overlap"}
+    long_ones = [p for p in first if len(p.split()) >= HELDOUT_NGRAM]
+    assert long_ones, "no sample long enough to test the held-out filter"
+    held_out = [f"Question: {long_ones[0]} (held out)"]
+    kept, rejected = self_instruct_prompts(model, tok, 3, seed=7, max_new_tokens=40,
+                                           exclude=held_out)
+    assert long_ones[0] not in kept and rejected["heldout_overlap"] >= 1
