@@ -409,12 +409,7 @@ def test_plugin_step_loop_is_lossless_against_greedy_decoding() -> None:
     """The worker's per-step pieces (request sync, draft-loop conversion, Graft build, verify
     input, accounting) around a greedy tree verify (``graft_sglang.verify``, SGLang's kernel
     semantics) reproduce plain token-by-token greedy decoding of a deterministic target."""
-    import dataclasses
-
-    from sglang.srt.managers.schedule_batch import Req
-    from sglang.srt.sampling.sampling_params import SamplingParams
-
-    from graft_sglang.verify import verify_tree_greedy
+    from tests.plugin_loop import greedy_reference, run_worker_steps
 
     vocab, topk, steps, n, new_tokens = 12, 3, 3, 16, 60
     gen = torch.Generator().manual_seed(7)
@@ -424,43 +419,8 @@ def test_plugin_step_loop_is_lossless_against_greedy_decoding() -> None:
         return int(table[context[-2], context[-1]])
 
     prompts = [[1, 2, 3, 4], [5, 6, 5, 6, 7]]
-    expected = []
-    for prompt in prompts:
-        seq = list(prompt)
-        while len(seq) < len(prompt) + new_tokens:
-            seq.append(next_token(seq))
-        expected.append(seq[len(prompt):])
-
     state = GraftState(GraftSettings(), n, vocab)
-    reqs = [Req(f"r{i}", "", array("q", p), SamplingParams()) for i, p in enumerate(prompts)]
-    for req in reqs:  # prefill produced the first token
-        req.output_ids.append(next_token(list(req.origin_input_ids)))
-    while min(len(r.output_ids) for r in reqs) < new_tokens:
-        rids = state.sync(reqs)
-        contexts = [[*r.origin_input_ids, *r.output_ids] for r in reqs]
-        draft = draft_candidates(*all_candidates(*eagle_loop_lists(gen, len(reqs), topk,
-                                                                   steps, vocab), n), topk)
-        roots = torch.tensor([c[-1] for c in contexts])
-        seq_lens = torch.tensor([len(c) - 1 for c in contexts])
-        tree = state.proposer.build(rids, roots, seq_lens, draft)
-        vi = build_verify_input(tree, seq_lens, TreeMaskMode.QLEN_ONLY, topk=topk,
-                                num_steps=steps)
-        state.last_input = vi
-        predict = torch.empty(len(reqs), n, dtype=torch.int64)
-        for b, context in enumerate(contexts):
-            for node in range(n):
-                path = [int(tree.tokens[b, i]) for i in range(1, node + 1)
-                        if tree.layout.ancestors[b, node, i]]
-                predict[b, node] = next_token(context + path)
-        layout = dataclasses.replace(tree.layout, retrieve_index=vi.retrieve_index,
-                                     retrieve_next_token=vi.retrieve_next_token,
-                                     retrieve_next_sibling=vi.retrieve_next_sibling)
-        result = verify_tree_greedy(vi.draft_token.view(len(reqs), n), layout, predict,
-                                    vi.max_tree_depth)
-        for b, req in enumerate(reqs):
-            req.output_ids.extend(result.accepted_tokens(b))
-        state.account(result.accept_index, result.accept_length + 1)
-    for req, want in zip(reqs, expected, strict=True):
-        assert list(req.output_ids[:new_tokens]) == want
+    outputs = run_worker_steps(state, next_token, prompts, new_tokens, vocab, topk, steps, gen)
+    assert outputs == [greedy_reference(next_token, p, new_tokens) for p in prompts]
     assert state.steps < new_tokens // 2  # speculation did work...
     assert state.accepted_grafted > 0  # ...and grafted nodes were among the accepted

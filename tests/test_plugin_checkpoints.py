@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import types
-from array import array
 from pathlib import Path
 
 import pytest
@@ -24,11 +23,10 @@ from sglang.srt.speculative.eagle_info import EagleDraftInput  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 from graft_sglang.plugin.settings import GraftSettings  # noqa: E402
-from graft_sglang.plugin.verify_input import build_verify_input, step_tree  # noqa: E402
+from graft_sglang.plugin.verify_input import step_tree  # noqa: E402
 from graft_sglang.plugin.worker import GraftDraftWorker, GraftState  # noqa: E402
 from graft_sglang.stages import StagePolicy  # noqa: E402
 from graft_sglang.tree.builder import NodeSource  # noqa: E402
-from graft_sglang.tree.layout import TreeMaskMode  # noqa: E402
 
 torch.set_num_threads(1)
 load_plugins()
@@ -226,18 +224,11 @@ def test_successor_update_and_walk_read_nothing_on_the_host() -> None:
 
 @pytest.mark.parametrize("retrieval", ["successor", "both"])
 def test_paper_step_loop_is_lossless_against_greedy_decoding(retrieval: str) -> None:
-    """The worker's graft-paper step (draft loop output -> per-request stage split -> successor
-    and suffix candidates -> tree -> verify input), verified greedily with SGLang's kernel
-    semantics (``graft_sglang.verify``), and the successor table fed with the verify logits,
-    reproduces plain greedy decoding of a deterministic target token by token."""
-    import dataclasses
-
-    from sglang.srt.managers.schedule_batch import Req
-    from sglang.srt.sampling.sampling_params import SamplingParams
-
-    from graft_sglang.plugin.worker import all_candidates
-    from graft_sglang.verify import verify_tree_greedy
-    from tests.random_inputs import eagle_loop_lists
+    """The worker's graft-paper step (draft loops that stopped at random levels -> per-request
+    stage split -> successor and suffix candidates -> tree -> verify input), verified greedily
+    with SGLang's kernel semantics, the successor table fed with the verify logits, reproduces
+    plain greedy decoding of a deterministic target token by token."""
+    from tests.plugin_loop import greedy_reference, run_worker_steps
 
     vocab, topk, steps, n, new_tokens = 12, 3, 3, 16, 60
     gen = torch.Generator().manual_seed(11)
@@ -248,49 +239,12 @@ def test_paper_step_loop_is_lossless_against_greedy_decoding(retrieval: str) -> 
         return int(table[context[-1]])
 
     prompts = [[1, 2, 3, 4], [5, 6, 5, 6, 7]]
-    expected = []
-    for prompt in prompts:
-        seq = list(prompt)
-        while len(seq) < len(prompt) + new_tokens:
-            seq.append(next_token(seq))
-        expected.append(seq[len(prompt):])
     settings = GraftSettings(mode="graft-paper", retrieval=retrieval, stage_levels=(0, 1),
                              stage_thresholds=(0.5, 0.3))
     state = GraftState(settings, n, vocab)
-    policy = state.policy
-    assert isinstance(policy, StagePolicy)
-    reqs = [Req(f"r{i}", "", array("q", p), SamplingParams()) for i, p in enumerate(prompts)]
-    for req in reqs:
-        req.output_ids.append(next_token(list(req.origin_input_ids)))
-    while min(len(r.output_ids) for r in reqs) < new_tokens:
-        rids = state.sync(reqs)
-        contexts = [[*r.origin_input_ids, *r.output_ids] for r in reqs]
-        levels = int(torch.randint(1, steps + 1, (1,), generator=gen))  # loops stop early too
-        lists = eagle_loop_lists(gen, len(reqs), topk, levels, vocab)
-        roots = torch.tensor([c[-1] for c in contexts])
-        seq_lens = torch.tensor([len(c) - 1 for c in contexts])
-        tree = step_tree(state.proposer, rids, roots, seq_lens, *all_candidates(*lists, n),
-                         topk, policy)
-        vi = build_verify_input(tree, seq_lens, TreeMaskMode.QLEN_ONLY, topk=topk,
-                                num_steps=steps)
-        state.last_input = vi
-        predict = torch.empty(len(reqs), n, dtype=torch.int64)
-        for b, context in enumerate(contexts):
-            for node in range(n):
-                path = [int(tree.tokens[b, i]) for i in range(1, node + 1)
-                        if tree.layout.ancestors[b, node, i]]
-                predict[b, node] = next_token(context + path)
-        layout = dataclasses.replace(tree.layout, retrieve_index=vi.retrieve_index,
-                                     retrieve_next_token=vi.retrieve_next_token,
-                                     retrieve_next_sibling=vi.retrieve_next_sibling)
-        result = verify_tree_greedy(vi.draft_token.view(len(reqs), n), layout, predict,
-                                    vi.max_tree_depth)
-        for b, req in enumerate(reqs):
-            req.output_ids.extend(result.accepted_tokens(b))
-        logits = torch.nn.functional.one_hot(predict.view(-1), vocab).float() * 8.0
-        state.observe(vi, types.SimpleNamespace(next_token_logits=logits))
-        state.account(result.accept_index, result.accept_length + 1)
-    for req, want in zip(reqs, expected, strict=True):
-        assert list(req.output_ids[:new_tokens]) == want
+    assert isinstance(state.policy, StagePolicy)
+    outputs = run_worker_steps(state, next_token, prompts, new_tokens, vocab, topk, steps, gen,
+                               vary_levels=True)
+    assert outputs == [greedy_reference(next_token, p, new_tokens) for p in prompts]
     assert state.steps < new_tokens // 2  # the successor table learnt the target's table
     assert state.accepted_grafted > 0
