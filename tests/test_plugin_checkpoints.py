@@ -222,6 +222,19 @@ def test_successor_update_and_walk_read_nothing_on_the_host() -> None:
         state.proposer.successor.update_from_logits(torch.tensor([VOCAB]), logits[:1])
 
 
+def test_prefill_seeds_the_successor_table() -> None:
+    """A prefill's logits (one row per request, after its last prompt token) seed that token's
+    row; an extend batch's tokens are the requests' prompts back to back."""
+    state = GraftState(paper((0.35, 0.25, 0.15), levels=(0, 1, 5)), 16, VOCAB)
+    input_ids = torch.tensor([3, 4, 5, 7, 8])  # requests of 3 and 2 tokens
+    logits = torch.full((2, VOCAB), -5.0)
+    logits[0, 11], logits[1, 12] = 5.0, 5.0
+    state.observe_prefill(input_ids, [3, 2], types.SimpleNamespace(next_token_logits=logits))
+    table = state.proposer.successor
+    assert int(table.ids[5, 0]) == 11 and int(table.ids[8, 0]) == 12
+    assert bool((table.ids[[3, 4, 7]] == -1).all())  # no logits there, rows left empty
+
+
 @pytest.mark.parametrize("retrieval", ["successor", "both"])
 def test_paper_step_loop_is_lossless_against_greedy_decoding(retrieval: str) -> None:
     """The worker's graft-paper step (draft loops that stopped at random levels -> per-request

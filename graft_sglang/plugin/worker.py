@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import logging
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -187,6 +188,18 @@ class GraftState:
         if self.indexed.pop(rid, None) is not None and self.retriever is not None:
             self.retriever.finish_request(rid)
 
+    def observe_prefill(self, input_ids: torch.Tensor, extend_lens: list[int],
+                        logits_output: Any) -> None:
+        """Seed the successor table from a prefill: input_ids [sum(extend_lens)] the extended
+        tokens, ``logits_output.next_token_logits`` [bs, V] the target's logits after each
+        request's last one (SGLang computes no other prefill position's logits)."""
+        logits = getattr(logits_output, "next_token_logits", None)
+        if self.proposer.successor is None or logits is None or logits.shape[0] != len(
+                extend_lens) or not extend_lens:
+            return
+        last = torch.tensor(list(itertools.accumulate(extend_lens)), device=input_ids.device) - 1
+        self.proposer.observe_verified(input_ids[last], logits)
+
     def observe(self, verify_input: GraftVerifyInput | None, logits_output: Any) -> None:
         """The successor table learns from the target's logits at every verified node
         (on the device, no host read); ``logits_output``: the verify forward's
@@ -243,7 +256,13 @@ class GraftWorker(EAGLEWorkerV2):
             self.graft.radix_feed.activate()
 
     def forward_batch_generation(self, batch: Any, *args: Any, **kwargs: Any) -> Any:
+        prefill = None
+        if self.graft.proposer.successor is not None and batch.forward_mode is not None and \
+                batch.forward_mode.is_extend_without_speculative() and batch.extend_lens:
+            prefill = (batch.input_ids, list(batch.extend_lens))  # before the draft rotates them
         result = super().forward_batch_generation(batch, *args, **kwargs)
+        if prefill is not None:
+            self.graft.observe_prefill(*prefill, getattr(result, "logits_output", None))
         if getattr(result, "accept_index", None) is not None and result.accept_lens is not None:
             self.graft.observe(self.graft.last_input, getattr(result, "logits_output", None))
             self.graft.account(result.accept_index, result.accept_lens)
