@@ -32,13 +32,16 @@ bench:
 calibrate:
 	$(PY) -m bench.calibrate --budget 16 --prompts 6 --write-head
 
-# Every method and paper mode over N (and graft's thresholds) on both datasets, side by side.
+# Every method and paper mode over N (graft's thresholds, and suffix retrieval alone or with the
+# successor table) on both datasets, side by side (one thread each).
 OFFLINE_METHODS = chain dense pruned retrieval graft graft-paper graft-noprune graft-root graft-tail
 bench-offline:
 	$(PY) -m bench.offline --dataset mtbench --prompts 3 --threads 1 --budget 8 16 32 \
-	  --threshold 0.05 0.1 0.2 --methods $(OFFLINE_METHODS) --out bench/results/offline-eagle3 & pid=$$!; \
+	  --threshold 0.05 0.1 0.2 --retrieval suffix both --methods $(OFFLINE_METHODS) \
+	  --out bench/results/offline-eagle3 & pid=$$!; \
 	$(PY) -m bench.offline --dataset longctx --prompts 3 --threads 1 --budget 16 32 \
-	  --methods $(OFFLINE_METHODS) --out bench/results/offline-eagle3 && wait $$pid
+	  --retrieval suffix both --methods $(OFFLINE_METHODS) --out bench/results/offline-eagle3 \
+	  && wait $$pid
 
 clean:
 	rm -rf build *.egg-info
