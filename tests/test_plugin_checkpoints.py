@@ -217,6 +217,13 @@ def test_successor_update_and_walk_read_nothing_on_the_host() -> None:
         row = state.proposer.successor.ids[token]
         assert row.tolist() == want[i].tolist()
     assert bool(walk.valid.any())
+    # rows past the tree's (graph padding at the end) are ignored; too few rows are refused
+    padded = torch.cat([logits, torch.randn(5, VOCAB + 14, generator=gen)])
+    before = state.proposer.successor.ids.clone()
+    state.observe(verify_input, types.SimpleNamespace(next_token_logits=padded))
+    assert torch.equal(state.proposer.successor.ids, before)
+    state.observe(verify_input, types.SimpleNamespace(next_token_logits=logits[:7]))
+    assert torch.equal(state.proposer.successor.ids, before)
     # the checked entry point does read values (and refuses bad ones)
     with pytest.raises(ValueError, match="tokens"):
         state.proposer.successor.update_from_logits(torch.tensor([VOCAB]), logits[:1])

@@ -110,8 +110,10 @@ class GraftDraftWorker(EagleDraftWorker):
         build = functools.partial(build_graft_verify_input, proposer=self.graft.proposer,
                                   rids=rids, broadcast=self.graft.broadcast,
                                   policy=self.graft.policy)
-        graph_off = (self.cuda_graph_runner is not None and self.graft.stops_at_root(
-            batch.spec_info))  # a batch that stops at level 0 needs no draft pass, no graph
+        # A batch that stops at level 0 needs no draft pass and no graph (an idle batch keeps
+        # SGLang's path: its passes are collectives the other ranks wait for).
+        graph_off = (self.cuda_graph_runner is not None and not batch.forward_mode.is_idle()
+                     and self.graft.stops_at_root(batch.spec_info))
         with contextlib.ExitStack() as stack:
             stack.enter_context(substituted(eagle_worker_v2, build_eagle_verify_input=build))
             if graph_off:
@@ -146,6 +148,7 @@ class GraftState:
         self.last_input: GraftVerifyInput | None = None
         self.steps = self.accepted_draft = self.accepted_grafted = 0
         self.stops: dict[int, int] = {}  # level -> eager draft loops stopped after it
+        self._warned_logits = False
 
     @property
     def checks_levels(self) -> bool:
@@ -207,8 +210,17 @@ class GraftState:
         if self.proposer.successor is None or verify_input is None or logits_output is None:
             return
         logits = getattr(logits_output, "next_token_logits", None)
-        if logits is not None and logits.shape[0] == verify_input.draft_token.shape[0]:
-            self.proposer.observe_verified(verify_input.draft_token, logits)
+        nodes = verify_input.draft_token.shape[0]
+        if logits is None:
+            return
+        if logits.shape[0] < nodes:  # not one row per node: nothing to learn from safely
+            if not self._warned_logits:
+                logger.warning("graft: verify logits have %d rows for %d tree nodes; the "
+                               "successor table is not updated", logits.shape[0], nodes)
+                self._warned_logits = True
+            return
+        # rows past the tree's are graph padding at the end of the batch
+        self.proposer.observe_verified(verify_input.draft_token, logits[:nodes])
 
     def account(self, accept_index: torch.Tensor, accept_lens: torch.Tensor) -> None:
         """Count accepted nodes by source. accept_index [bs, S] flat node ids; accept_lens
