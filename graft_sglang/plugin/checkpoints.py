@@ -26,6 +26,20 @@ from graft_sglang.stages import StagePolicy
 SelectTopK = Callable[..., tuple[Any, Any, Any, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]
 
 
+def level_stops(policy: StagePolicy | None, stop_below: float | None, stage: torch.Tensor,
+                level: int, best: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The stop rule after draft level ``level``: best [bs] the level's best path confidence,
+    stage [bs] the checkpoint each request stopped at so far (-1: none). Returns the updated
+    stages and [bs] bool, which requests need no deeper level (a checkpoint stopped them, or
+    in graft mode everything deeper would be pruned)."""
+    if policy is not None:
+        stage = policy.advance(stage, level, best)
+    stopped = stage >= 0
+    if stop_below is not None:
+        stopped = stopped | (best < stop_below)
+    return stage, stopped
+
+
 class StopDrafting(Exception):
     """Every request of the batch stopped after ``level``."""
 
@@ -66,14 +80,9 @@ class CheckpointedSelect:
         best = tree_info[0].flatten(1).amax(dim=1)  # [bs] the level's best path confidence
         if self.stage is None:
             self.stage = torch.full_like(best, -1, dtype=torch.int64)
-        if self.policy is not None:
-            self.stage = self.policy.advance(self.stage, i, best)
-        if self.checked(i):
-            stopped = self.stage >= 0
-            if self.stop_below is not None:
-                stopped = stopped | (best < self.stop_below)
-            if bool(stopped.all()):  # the one host read of the level
-                raise StopDrafting(i)
+        self.stage, stopped = level_stops(self.policy, self.stop_below, self.stage, i, best)
+        if self.checked(i) and bool(stopped.all()):  # the one host read of the level
+            raise StopDrafting(i)
         return out
 
 

@@ -38,7 +38,12 @@ from sglang.srt.speculative import eagle_worker_v2
 from sglang.srt.speculative.eagle_worker_v2 import EagleDraftWorker, EAGLEWorkerV2
 
 from graft_sglang.calibration import load_calibration
-from graft_sglang.plugin.checkpoints import CheckpointedSelect, StopDrafting, capturing
+from graft_sglang.plugin.checkpoints import (
+    CheckpointedSelect,
+    StopDrafting,
+    capturing,
+    level_stops,
+)
 from graft_sglang.plugin.radix_feed import RadixFeed
 from graft_sglang.plugin.settings import GraftSettings
 from graft_sglang.plugin.verify_input import GraftVerifyInput, build_graft_verify_input
@@ -161,12 +166,8 @@ class GraftState:
         if not self.checks_levels or getattr(draft_input, "topk_p", None) is None:
             return False
         best = draft_input.topk_p.amax(dim=1)
-        stopped = torch.zeros_like(best, dtype=torch.bool)
-        if self.policy is not None:
-            none = torch.full_like(best, -1, dtype=torch.int64)
-            stopped |= self.policy.advance(none, 0, best) >= 0
-        if self.settings.stop_below is not None:
-            stopped |= best < self.settings.stop_below
+        _, stopped = level_stops(self.policy, self.settings.stop_below,
+                                 torch.full_like(best, -1, dtype=torch.int64), 0, best)
         return bool(stopped.all())
 
     def sync(self, reqs: Any) -> list[str]:
