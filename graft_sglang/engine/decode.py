@@ -220,8 +220,7 @@ class SpeculativeEngine:
 
     def _step_tree(
         self, gen: Generation, method: Method, proposer: GraftProposer,
-        drafter: Drafter | None, rid: str, root: int,
-        seq_len: int,
+        drafter: Drafter | None, rid: str, root: int, seq_len: int,
     ) -> tuple[GraftTree, int]:
         """Draft, retrieve and build this step's tree; returns it and its verified width."""
         config = method.config
