@@ -131,18 +131,14 @@ class GraftProposer:
 
     def build(
         self, rids: Sequence[str], root_tokens: torch.Tensor, seq_lens: torch.Tensor,
-        draft: DraftCandidates, config: GraftConfig | None = None,
-        draft_quotas: torch.Tensor | None = None,
+        draft: DraftCandidates, draft_quotas: torch.Tensor | None = None,
     ) -> GraftTree:
-        """root_tokens [bs], seq_lens [bs], draft [bs, M] -> trees of ``config.budget`` nodes.
-
-        ``config`` overrides the proposer's for this step (e.g. a stage's draft quota);
-        ``draft_quotas`` [bs]: per-request draft quotas (the stage each request reached).
-        """
+        """root_tokens [bs], seq_lens [bs], draft [bs, M] -> trees of ``config.budget`` nodes;
+        ``draft_quotas`` [bs]: per-request draft quotas (the stage each request reached)."""
         if len(rids) != root_tokens.shape[0]:
             raise ValueError(f"{len(rids)} request ids for a batch of {root_tokens.shape[0]}")
         retrieved = self.candidates(rids, root_tokens, draft, draft_quotas)
-        return build_graft_tree(root_tokens, seq_lens, draft, retrieved, config or self.config,
+        return build_graft_tree(root_tokens, seq_lens, draft, retrieved, self.config,
                                 draft_quotas)
 
     def observe_verified(self, tokens: torch.Tensor, logits: torch.Tensor) -> None:

@@ -77,11 +77,13 @@ class CheckpointedSelect:
         tree_info = out[3]
         for target, value in zip(self.lists, tree_info, strict=True):
             target.append(value)
+        if not self.checked(i):  # every checkpoint level before the last is checked
+            return out
         best = tree_info[0].flatten(1).amax(dim=1)  # [bs] the level's best path confidence
         if self.stage is None:
             self.stage = torch.full_like(best, -1, dtype=torch.int64)
         self.stage, stopped = level_stops(self.policy, self.stop_below, self.stage, i, best)
-        if self.checked(i) and bool(stopped.all()):  # the one host read of the level
+        if bool(stopped.all()):  # the one host read of the level
             raise StopDrafting(i)
         return out
 

@@ -183,10 +183,10 @@ class GraftSettings:
         return self.threshold if self.mode == "graft" else None
 
     def graft_config(self, budget: int, vocab_size: int | None = None) -> GraftConfig:
-        """The builder's settings in a server: no per-step input checks (host reads); in
-        graft-paper mode no threshold (the stage's draft quota prunes, per request)."""
-        threshold = self.threshold if self.mode == "graft" else None
-        return GraftConfig(budget=budget, threshold=threshold, relative=self.relative,
+        """The builder's settings in a server: no per-step input checks (host reads); graft
+        prunes below the threshold it also stops drafting at, graft-paper by the stage's draft
+        quota (per request) alone."""
+        return GraftConfig(budget=budget, threshold=self.stop_below, relative=self.relative,
                            retrieval_weight=self.retrieval_weight, vocab_size=vocab_size,
                            check_inputs=False)
 
