@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from graft_sglang.proposer import GraftProposer, RetrievalPlan, kept_draft_leaves
 from graft_sglang.retrieval.suffix import SuffixConfig, SuffixRetriever
 from graft_sglang.retrieval.suffix_index import SEPARATOR, SuffixIndex
+from graft_sglang.tree.builder import GraftConfig
+from graft_sglang.tree.retrieved import pack_retrieved
+from tests.random_inputs import eagle_draft
 
 
 def paths(c) -> list[tuple[int, ...]]:
@@ -96,7 +102,7 @@ def test_eviction_respects_capacity() -> None:
 def test_request_capacity_and_shared_capacity() -> None:
     r = SuffixRetriever(SuffixConfig(shared_capacity=64, request_capacity=32))
     r.start_request("a", [*range(1000, 1060), 1000, 1001])
-    assert len(r._request("a")) == 32
+    assert len(r._request("a")[0]) == 32
     # "1000 1001" was evicted from the request's own text: its old continuation is gone.
     assert r.propose("a", (), 8).tokens == []
     r.extend_request("a", [1040])
@@ -203,13 +209,15 @@ def test_deterministic() -> None:
     assert first == run()
 
 
-def naive_match(held: dict[int, int], end: int, context: list[int], keys: tuple[int, ...],
-                max_match: int) -> tuple[int, tuple[int, ...]]:
-    """Longest backward match of ``context`` ending at any held position that a token follows."""
+def naive_match(held: dict[int, int], namespaces: dict[int, int], end: int, context: list[int],
+                keys: tuple[int, ...], max_match: int, namespace: int
+                ) -> tuple[int, tuple[int, ...]]:
+    """Longest backward match of ``context`` ending at any held position of ``namespace`` that a
+    token follows."""
     limit = min(max_match, len(context))
     lengths = {}
     for q in held:
-        if q + 1 >= end or held[q + 1] == SEPARATOR:
+        if q + 1 >= end or held[q + 1] == SEPARATOR or namespaces[q] != namespace:
             continue
         n = 0
         while n < limit and held.get(q - n) == context[-n - 1]:
@@ -222,7 +230,8 @@ def naive_match(held: dict[int, int], end: int, context: list[int], keys: tuple[
 
 
 ops = st.lists(st.one_of(
-    st.tuples(st.just("append"), st.lists(st.integers(SEPARATOR, 3), min_size=1, max_size=12)),
+    st.tuples(st.just("append"), st.lists(st.integers(SEPARATOR, 3), min_size=1, max_size=12),
+              st.integers(0, 2)),
     st.tuples(st.just("blank"), st.integers(0, 30), st.integers(0, 8)),
 ), min_size=1, max_size=12)
 
@@ -231,16 +240,22 @@ ops = st.lists(st.one_of(
 @given(ops, st.integers(1, 30), st.sets(st.integers(1, 4), min_size=1),
        st.lists(st.integers(0, 3), min_size=1, max_size=8))
 def test_index_matches_naive(operations, capacity, key_lengths, context) -> None:
-    """Against a naive scan of the held text, through appends, FIFO eviction and blanking."""
+    """Against a naive scan of the held text, through appends in several namespaces, FIFO
+    eviction and blanking."""
     keys = tuple(sorted(key_lengths))
     index = SuffixIndex(capacity, keys, max_match=6, max_candidates=1000)
     held: dict[int, int] = {}
-    end = 0
+    namespaces: dict[int, int] = {}
+    end, current = 0, 0
     for op in operations:
         if op[0] == "append":
-            index.append(op[1])
-            for t in op[1]:
-                held[end] = t
+            tokens, namespace = op[1], op[2]
+            if namespace != current and end and held[end - 1] != SEPARATOR:
+                tokens = [SEPARATOR, *tokens]  # a namespace starts after a SEPARATOR
+            index.append(tokens, namespace)
+            current = namespace
+            for t in tokens:
+                held[end], namespaces[end] = t, namespace
                 end += 1
                 held.pop(end - capacity - 1, None)
         else:
@@ -251,10 +266,189 @@ def test_index_matches_naive(operations, capacity, key_lengths, context) -> None
                     held[p] = SEPARATOR
     assert (index.start, index.end) == (max(0, end - capacity), end)
     assert index.tokens(0, end) == [held[p] for p in sorted(held)]
-    # Every hash head names an intact held occurrence of its key (so none outlives its text).
+    # Every hash head names an intact held occurrence of its key, in its namespace (so none
+    # outlives its text).
     for k, heads in index._heads.items():
         for key, pos in heads.items():
-            assert pos >= index.start + k - 1 and index.tokens(pos - k + 1, pos + 1) == list(key)
+            assert pos >= index.start + k - 1
+            assert index.tokens(pos - k + 1, pos + 1) == list(key[1:])
+            assert namespaces[pos] == key[0] == index.namespace_at(pos)
     assert index.num_keys <= capacity * len(keys)
-    got = index.match(context)
-    assert (got.length, got.positions) == naive_match(held, end, context, keys, 6)
+    assert index.num_namespace_runs <= 1 + sum(t == SEPARATOR for t in held.values())
+    for namespace in range(3):
+        got = index.match(context, namespace)
+        assert (got.length, got.positions) == naive_match(held, namespaces, end, context, keys,
+                                                          6, namespace)
+
+
+def test_namespace_changes_only_after_a_separator() -> None:
+    index = SuffixIndex(capacity=16)
+    index.append([1, 2, 3], namespace=4)
+    with pytest.raises(ValueError, match="namespace 5 cannot follow namespace 4 without"):
+        index.append([1, 2], namespace=5)
+    index.append([SEPARATOR], namespace=4)
+    index.append([1, 2, 3, 9], namespace=5)
+    assert index.match([1, 2], 4).positions == (1,)
+    assert index.match([1, 2], 5).positions == (5,)
+    # "3 9" is namespace 5's text: namespace 4 never sees it.
+    assert index.match([3], 5).positions == (6,)
+    assert index.match([3], 4).length == 0
+    assert [index.namespace_at(p) for p in range(8)] == [4] * 4 + [5] * 4
+
+
+# -- tenants -----------------------------------------------------------------------------------
+def test_tenant_sees_only_its_own_corpus() -> None:
+    """Tenant A's text (a corpus document and a finished request) never reaches tenant B."""
+    a, b = ("lora-1", "salt-a"), ("lora-1", "salt-b")
+    r = SuffixRetriever()
+    r.add_corpus([1, 2, 3, 4, 5], tenant=a)
+    r.start_request("a0", [7, 8, 9, 10, 11], tenant=a)
+    r.finish_request("a0")  # joins tenant A's corpus
+    for rid, tenant in (("ra", a), ("rb", b), ("rn", None)):
+        r.start_request(rid, [6, 1, 2], tenant=tenant)
+    assert r.propose("ra", (), 4).tokens == [3, 4, 5]
+    assert r.propose("ra", (8,), 4).tokens == [9, 10, 11]
+    for rid in ("rb", "rn"):
+        assert r.propose(rid, (), 4).tokens == []
+        assert r.propose(rid, (8,), 4).tokens == []
+    # B's own finished text is B's: B now retrieves it, A does not.
+    r.start_request("b0", [1, 2, 30, 31], tenant=b)
+    r.finish_request("b0")
+    assert r.propose("rb", (), 4).tokens == [30, 31]
+    assert r.propose("ra", (), 4).tokens == [3, 4, 5]
+    packed = r.retrieve_packed(["ra", "rb"], torch.full((2, 1), -1), torch.zeros(2, 0,
+                               dtype=torch.int64), torch.zeros(2, 0, dtype=torch.int64), 4, 0, 4)
+    assert packed.tokens.tolist() == [[3, 4, 5, 0], [30, 31, 0, 0]]
+    with pytest.raises(TypeError, match="tenant must be hashable"):
+        r.start_request("bad", [1], tenant=["not", "hashable"])
+
+
+def fed(events: list[tuple], tenant_of: dict[str, object], config: SuffixConfig,
+        only: object = "all") -> SuffixRetriever:
+    """A retriever fed ``events`` (all of them, or only those of tenant ``only``)."""
+    r = SuffixRetriever(config)
+    handles: dict[int, int] = {}
+    for event in events:
+        kind, tenant = event[0], event[1]
+        if only != "all" and tenant != only:
+            continue
+        if kind == "corpus":
+            handles[event[3]] = r.add_corpus(event[2], tenant=tenant)
+        elif kind == "remove":
+            if event[2] in handles:
+                r.remove_corpus(handles[event[2]])
+        else:  # a request that runs and finishes
+            r.start_request(event[3], event[2], tenant=tenant)
+            r.finish_request(event[3])
+    for rid, tenant in tenant_of.items():
+        if only == "all" or tenant == only:
+            r.start_request(rid, [], tenant=tenant)
+    return r
+
+
+def random_tenant_events(rng: random.Random, n: int, tenants: list) -> list[tuple]:
+    events: list[tuple] = []
+    for i in range(n):
+        tenant = rng.choice(tenants)
+        text = [rng.randrange(6) for _ in range(rng.randrange(1, 30))]
+        roll = rng.random()
+        if roll < 0.45:
+            events.append(("corpus", tenant, text, i))
+        elif roll < 0.55 and events:
+            victim = rng.choice(events)
+            if victim[0] == "corpus":
+                events.append(("remove", victim[1], victim[3]))
+        else:
+            events.append(("request", tenant, text, f"done{i}"))
+    return events
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_tenants_are_isolated_randomized(seed: int) -> None:
+    """Without eviction, a tenant's proposals are exactly those of a retriever that only ever
+    saw that tenant's text: other tenants' text changes nothing (no continuation, no
+    probability). With eviction (small shared capacity) every proposed path still continues a
+    match in the request's own text or its tenant's documents."""
+    rng = random.Random(seed)
+    tenants = [None, ("k", None), ("k", "s1"), (None, "s1")]
+    events = random_tenant_events(rng, 40, tenants)
+    tenant_of = {f"live{t}": tenant for t, tenant in enumerate(tenants)}
+    mixed = fed(events, tenant_of, SuffixConfig(max_match=6))
+    for rid, tenant in tenant_of.items():
+        alone = fed(events, tenant_of, SuffixConfig(max_match=6), only=tenant)
+        for _ in range(8):
+            suffix = [rng.randrange(6) for _ in range(rng.randrange(0, 4))]
+            context = [rng.randrange(6) for _ in range(rng.randrange(0, 6))]
+            mixed.extend_request(rid, context)
+            alone.extend_request(rid, context)
+            assert mixed.propose(rid, suffix, 12) == alone.propose(rid, suffix, 12)
+    small = fed(events, tenant_of, SuffixConfig(max_match=6, shared_capacity=40))
+    texts = {t: [e[2] for e in events if e[0] in ("corpus", "request") and e[1] == t]
+             for t in tenants}
+    for rid, tenant in tenant_of.items():
+        own = [rng.randrange(6) for _ in range(rng.randrange(1, 6))]
+        small.extend_request(rid, own)
+        for path in paths(small.propose(rid, (), 12)):
+            assert any(list(own[-m:]) + list(path) == text[i : i + m + len(path)]
+                       for text in [own, *texts[tenant]] for m in range(1, len(own) + 1)
+                       for i in range(len(text))), (tenant, path)
+
+
+def test_shared_capacity_bounds_all_tenants_together() -> None:
+    """One ring of shared_capacity tokens for every tenant; a tenant's bookkeeping goes with
+    its last held document and its last live request."""
+    r = SuffixRetriever(SuffixConfig(shared_capacity=100))
+    for i in range(50):
+        r.add_corpus(list(range(i, i + 9)), tenant=("salt", i))  # 10 tokens with the separator
+        assert len(r.shared) <= 100
+        assert len(r.tenants) <= 10  # only the tenants with a held document remain
+    assert len(r.tenants) == 10 and len(r._documents) == 10
+    r.start_request("x", [45, 46], tenant=("salt", 45))  # held: its corpus is retrieved
+    assert r.propose("x", (), 3).tokens == [47, 48, 49]
+    r.start_request("y", [5, 6], tenant=("salt", 5))  # evicted: nothing left of it
+    assert r.propose("y", (), 3).tokens == []
+    assert len(r.tenants) == 11  # the live request keeps its (empty) tenant
+    r.finish_request("y")  # its text becomes its tenant's document: still 11
+    assert len(r.tenants) == 11
+    for _ in range(20):  # a burst from one tenant evicts every other tenant
+        r.add_corpus(list(range(9)), tenant="burst")
+    assert len(r.shared) == 100
+    assert len(r.tenants) == 2  # "burst" and the live request's
+    r.finish_request("x")  # its text stays retrievable in its tenant...
+    assert len(r.tenants) == 2
+    for _ in range(10):  # ...until the burst pushes it out
+        r.add_corpus(list(range(9)), tenant="burst")
+    assert len(r.tenants) == 1
+    h = r.add_corpus([2, 3], tenant="last")
+    r.remove_corpus(h)
+    assert r.tenants.lookup("last") is None
+
+
+def test_retrieve_packed_is_the_proposers_retrieval() -> None:
+    """One batched call answers what GraftProposer.retrieve + pack_retrieved answer."""
+    gen = torch.Generator().manual_seed(3)
+    rng = random.Random(3)
+    r = SuffixRetriever(SuffixConfig(max_match=6))
+    config = GraftConfig(budget=16, threshold=0.05)
+    plan = RetrievalPlan(root_nodes=6, draft_anchors=3, anchor_nodes=4)
+    proposer = GraftProposer(config, r, plan)
+    rids = [f"r{b}" for b in range(5)]
+    for rid in rids:
+        r.start_request(rid, [rng.randrange(8) for _ in range(60)], tenant=rid[-1] == "1")
+    r.add_corpus([rng.randrange(8) for _ in range(80)])
+    for _ in range(10):
+        draft = eagle_draft(gen, len(rids), 3, 3, 8)
+        leaves = kept_draft_leaves(draft, config, plan.draft_anchors)
+        anchors = torch.tensor([row + [-1] * (plan.draft_anchors - len(row)) for row in leaves])
+        want = pack_retrieved(proposer.retrieve(rids, draft), draft.num_candidates,
+                              plan.max_slots)
+        got = r.retrieve_packed(rids, anchors, draft.tokens, draft.parents, plan.root_nodes,
+                                plan.anchor_nodes, plan.max_slots)
+        assert got.valid.any()
+        for name in ("tokens", "parents", "anchors", "path_probs", "valid"):
+            assert torch.equal(getattr(got, name), getattr(want, name)), name
+        for rid in rids:
+            r.extend_request(rid, [rng.randrange(8) for _ in range(3)])
+    with pytest.raises(ValueError, match="anchor 99 out of range"):
+        r.retrieve_packed(rids[:1], torch.tensor([[99]]), draft.tokens[:1], draft.parents[:1],
+                          4, 4, 8)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    import torch
+
+    from graft_sglang.tree.retrieved import RetrievedCandidates
 
 
 @dataclass
@@ -46,9 +51,10 @@ class RetrievalSource(Protocol):
     The source tracks each live request's tokens (prompt + accepted output). ``propose`` anchors
     at the request's current end extended by ``suffix`` (e.g. the tokens of a kept draft path
     below the root) and returns a trie of likely continuations of at most ``max_nodes`` nodes.
+    ``tenant`` (any hashable, default ``None``) scopes what other text the request may see.
     """
 
-    def start_request(self, rid: str, prompt: Sequence[int]) -> None: ...
+    def start_request(self, rid: str, prompt: Sequence[int], tenant: Hashable = None) -> None: ...
 
     def extend_request(self, rid: str, tokens: Sequence[int]) -> None: ...
 
@@ -57,3 +63,20 @@ class RetrievalSource(Protocol):
     def propose(
         self, rid: str, suffix: Sequence[int] = (), max_nodes: int = 16
     ) -> Continuations: ...
+
+
+class PackedRetrievalSource(RetrievalSource, Protocol):
+    """A source that answers every query of a step in one call (``SuffixRetriever`` and its
+    native twin): per request ``b``, the root query (``root_nodes`` nodes) and one query below
+    each draft candidate ``anchors[b, j] >= 0`` (``anchor_nodes`` nodes, the draft path down to
+    it appended to the context), packed as ``pack_retrieved`` packs them.
+
+    anchors [bs, A] int64 (negative = padding); draft_tokens / draft_parents [bs, M] int64,
+    host tensors. Returns RetrievedCandidates [bs, max_slots] on ``device``.
+    """
+
+    def retrieve_packed(
+        self, rids: Sequence[str], anchors: torch.Tensor, draft_tokens: torch.Tensor,
+        draft_parents: torch.Tensor, root_nodes: int, anchor_nodes: int, max_slots: int,
+        device: torch.device | str = "cpu",
+    ) -> RetrievedCandidates: ...

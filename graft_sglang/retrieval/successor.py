@@ -15,11 +15,9 @@ The template does not skip to the next rank: a dropped or empty entry leaves its
 whole subtree, empty (invalid). Identical updates give identical tables on every
 tensor-parallel rank.
 
-Measured (``python -m bench.retrieval --target-logits``, CPU, one thread, 16 slots): a walk
-takes about 190 us at bs 1 and 330 us at bs 32 (small torch ops, a few per level; a fused
-kernel would make it one launch), an update about 110 us. Its path probabilities describe the
-row's last context, not the current one, and are over-confident (nodes rated 0.9-1.0 were
-right 26-58% of the time): give its slots a ``GraftConfig.retrieval_weight`` below 1.
+Its path probabilities describe the row's last context, not the current one, and run
+over-confident (calibration and timings: ``python -m bench.retrieval --target-logits``, recorded
+in bench/results/retrieval.json): give its slots a ``GraftConfig.retrieval_weight`` below 1.
 """
 
 from __future__ import annotations

@@ -1,10 +1,19 @@
-"""Suffix retrieval for Graft: the request's own text plus a shared corpus of other text.
+"""Suffix retrieval for Graft: the request's own text plus its tenant's shared corpus.
 
 ``SuffixRetriever`` implements ``RetrievalSource``. Each live request has its own
-``SuffixIndex`` (prompt + committed output); a shared ``SuffixIndex`` holds other requests'
+``SuffixIndex`` (prompt + committed output). A shared ``SuffixIndex`` holds other requests'
 finished text and text fed explicitly with ``add_corpus`` (e.g. SGLang's radix cache content),
-removable with ``remove_corpus``. Both are capped (``request_capacity``, ``shared_capacity``
-tokens, oldest evicted first).
+removable with ``remove_corpus``, each document in its tenant's namespace.
+
+Tenants: a request's tenant is chosen at ``start_request`` (any hashable key, default ``None``;
+``tenants`` module), a document's at ``add_corpus``, and a finished request's text joins its own
+tenant's corpus. ``propose`` for a request sees only its own text and its own tenant's
+documents: no text of another tenant ever reaches it, so acceptance cannot leak one tenant's
+text to another.
+
+Memory: ``request_capacity`` tokens per live request; ``shared_capacity`` tokens for the shared
+corpus, all tenants together (one ring buffer: the oldest token is evicted first, whichever
+tenant holds it); bookkeeping O(live requests + held documents).
 
 Merging: a proposal matches the context (request text + the query's ``suffix``) against both
 indexes and keeps the source(s) with the longest match (a longer match predicts better, whoever
@@ -17,48 +26,49 @@ Probabilities: a node's conditional probability is its share of its parent's wei
 occurrences (those that stop at the parent count too) times a match confidence
 ``1 - exp(-L / confidence_scale)``, where ``L`` is the number of context tokens matched on the
 path so far (match length plus depth): long matches give near-certain chains, one-token matches
-hesitant ones. The trie keeps the ``max_nodes`` nodes of highest path probability (best-first).
+hesitant ones. The trie keeps the ``max_nodes`` nodes of highest path probability (best-first;
+ties: the sibling pushed first, siblings in the order their first occurrence is met, the
+request's own occurrences newest first, then the shared ones newest first).
 
-Why this is the default source (``python -m bench.retrieval --target-logits``, results in
-bench/results/retrieval.json; one CPU thread, budget 16, retrieval-only decoding of 6000-token
-streams, prompt = first third, median times per step): it gives the most tokens per step on
-code (tau 1.92; SGLang's NgramCorpus fed the prompt 1.90, Arctic's suffix tree 1.59 with vLLM's
-limits and 1.82 without, hash n-gram 1.75, successor table 1.47-1.51) and on prose (1.38;
-NgramCorpus 1.37, Arctic 1.21-1.32, successor table 1.29-1.31, hash n-gram 1.21), at about
-31-36 us lookup + 5 us update: less than NgramCorpus (30-40 + 35-50 us) and the successor
-table (208-228 + 109-118 us of small torch ops), more than Arctic's C++ (6-9 + 2 us), which
-proposes worse trees. It needs no compiler at run time, and its probabilities are calibrated (see
-``SuffixConfig.confidence_scale``; the successor table's are not: nodes it rates 0.9-1.0 were
-right 26-58% of the time). The successor table keeps one advantage: one batched walk serves a
-whole batch, and it runs on the device (see the batched table of the benchmark).
+Costs: a proposal is O(max_occurrences * max_match) to match plus O(max_nodes *
+max_occurrences * log) for the trie; ``retrieve_packed`` answers a whole step (every request's
+root and draft-anchor queries) in the packed tensors of ``pack_retrieved``. ``native`` holds a
+compiled implementation with the same answers. Why this is the default source (tokens per
+step, calibration and timings against the other sources): ``python -m bench.retrieval``,
+recorded in bench/results/retrieval.json.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+
+import torch
 
 from graft_sglang.retrieval.base import Continuations
 from graft_sglang.retrieval.suffix_index import SEPARATOR, SuffixIndex
+from graft_sglang.retrieval.tenants import TenantRegistry
+from graft_sglang.tree.retrieved import RetrievedCandidates, pack_retrieved
 
 
 @dataclass(frozen=True)
 class SuffixConfig:
     """Settings of ``SuffixRetriever``.
 
-    shared_capacity / request_capacity: tokens held (FIFO eviction beyond).
+    shared_capacity:  tokens held by the shared corpus, all tenants together (FIFO beyond).
+    request_capacity: tokens held per live request (FIFO beyond).
     min_match:        shortest match that yields a proposal.
     max_match:        longest match considered (longer contexts are cut).
     max_depth:        longest continuation followed.
     max_occurrences:  most recent occurrences merged per query.
     own_weight:       weight of the request's own occurrences relative to shared ones.
-    confidence_scale: ``L`` at which the match confidence reaches 1 - 1/e. 4 by measurement
-                      (bench.retrieval's calibration): on code, predicted path probabilities
-                      then match the observed share of correct nodes within about 0.1 per
-                      decile (scale 2 claimed 0.6-0.9 for nodes right 2-25% of the time; 6-8
-                      turn under-confident); on prose the top decile stays over-confident.
+    confidence_scale: ``L`` at which the match confidence reaches 1 - 1/e; 4 by measurement
+                      (bench.retrieval's calibration, bench/results/retrieval.json): the scale
+                      at which predicted path probabilities best follow the observed share of
+                      correct nodes on code.
     """
 
     shared_capacity: int = 1 << 20
@@ -88,18 +98,38 @@ def _check_tokens(name: str, tokens: Sequence[int]) -> None:
         raise ValueError(f"{name} must hold token ids >= 0, got {min(tokens)}")
 
 
+def draft_path(tokens: Sequence[int], parents: Sequence[int], node: int) -> list[int]:
+    """Tokens from the root's child down to draft candidate ``node`` of one request's draft
+    tree (``parents[i] < i``, ``-1`` = root). Raises ValueError for an out-of-range node or a
+    parent link that does not point to an earlier candidate."""
+    if not 0 <= node < len(tokens):
+        raise ValueError(f"anchor {node} out of range [-1, {len(tokens)})")
+    path = []
+    while node >= 0:
+        path.append(tokens[node])
+        parent = parents[node]
+        if parent >= node:
+            raise ValueError(f"draft parents[{node}] = {parent}; must be < {node}")
+        node = parent
+    return path[::-1]
+
+
 _Occurrence = tuple[SuffixIndex, int, float]
 """(index, log position of the last token on the path so far, weight)."""
 
 
 class SuffixRetriever:
-    """Per-request and shared suffix retrieval (see module docstring)."""
+    """Per-request and per-tenant shared suffix retrieval (see module docstring)."""
 
     def __init__(self, config: SuffixConfig | None = None) -> None:
         self.config = config or SuffixConfig()
         self.shared = self._new_index(self.config.shared_capacity)
-        self._requests: dict[str, SuffixIndex] = {}
-        self._corpora: dict[int, tuple[int, int]] = {}
+        self.tenants = TenantRegistry()
+        self._requests: dict[str, tuple[SuffixIndex, int]] = {}  # rid -> (index, namespace)
+        # Every document of the shared index, oldest first: (log position of its closing
+        # SEPARATOR, namespace, add_corpus handle or -1 for a finished request's text).
+        self._documents: deque[tuple[int, int, int]] = deque()
+        self._corpora: dict[int, tuple[int, int, int]] = {}  # handle -> (first, last, namespace)
         self._next_handle = 0
 
     def _new_index(self, capacity: int) -> SuffixIndex:
@@ -107,31 +137,36 @@ class SuffixRetriever:
                            max_candidates=self.config.max_occurrences)
 
     # -- RetrievalSource ----------------------------------------------------------------------
-    def start_request(self, rid: str, prompt: Sequence[int]) -> None:
+    def start_request(self, rid: str, prompt: Sequence[int], tenant: Hashable = None) -> None:
+        """Track request ``rid`` of ``tenant`` from its prompt on."""
         if rid in self._requests:
             raise ValueError(f"request {rid!r} already started")
         _check_tokens("prompt", prompt)
         index = self._new_index(self.config.request_capacity)
         index.append(prompt)
-        self._requests[rid] = index
+        self._requests[rid] = (index, self.tenants.acquire(tenant))
 
     def extend_request(self, rid: str, tokens: Sequence[int]) -> None:
         _check_tokens("tokens", tokens)
-        self._request(rid).append(tokens)
+        self._request(rid)[0].append(tokens)
 
     def finish_request(self, rid: str) -> None:
-        """Drop the request's state (a no-op for an unknown one); its text joins the shared
-        corpus."""
-        index = self._requests.pop(rid, None)
-        if index is not None and len(index):
-            self.shared.append([*index.tokens(index.start, index.end), SEPARATOR])
-            self._forget_evicted_corpora()
+        """Drop the request's state (a no-op for an unknown one); its text joins its tenant's
+        shared corpus."""
+        entry = self._requests.pop(rid, None)
+        if entry is None:
+            return
+        index, namespace = entry
+        if len(index):  # the request's reference to the namespace passes to the document
+            self._append_document(index.tokens(index.start, index.end), namespace, -1)
+        else:
+            self.tenants.release(namespace)
 
     def propose(self, rid: str, suffix: Sequence[int] = (), max_nodes: int = 16) -> Continuations:
         if max_nodes < 0:
             raise ValueError(f"max_nodes must be >= 0, got {max_nodes}")
         _check_tokens("suffix", suffix)
-        own = self._request(rid)
+        own, namespace = self._request(rid)
         cfg = self.config
         tail_len = max(0, cfg.max_match - len(suffix))
         context = own.tokens(own.end - tail_len, own.end)
@@ -140,7 +175,7 @@ class SuffixRetriever:
         if max_nodes == 0 or not context:
             return Continuations()
         sources = [(own, own.match(context), cfg.own_weight),
-                   (self.shared, self.shared.match(context), 1.0)]
+                   (self.shared, self.shared.match(context, namespace), 1.0)]
         best = max(m.length for _, m, _ in sources)
         if best < cfg.min_match:
             return Continuations()
@@ -148,16 +183,40 @@ class SuffixRetriever:
                        if match.length == best for pos in match.positions]
         return self._best_first(occurrences, best, max_nodes)
 
+    def retrieve_packed(
+        self, rids: Sequence[str], anchors: torch.Tensor, draft_tokens: torch.Tensor,
+        draft_parents: torch.Tensor, root_nodes: int, anchor_nodes: int, max_slots: int,
+        device: torch.device | str = "cpu",
+    ) -> RetrievedCandidates:
+        """``PackedRetrievalSource.retrieve_packed`` (``base``): ``propose`` for the root and
+        each anchor ``anchors[b, j] >= 0`` (draft path appended), then ``pack_retrieved``.
+        Host tensors (others are copied). Raises ValueError for an unknown request, an anchor
+        >= M or a draft parent link that does not point to an earlier candidate."""
+        anchor_rows = anchors.tolist()
+        token_rows, parent_rows = draft_tokens.tolist(), draft_parents.tolist()
+        if not len(rids) == len(anchor_rows) == len(token_rows) == len(parent_rows):
+            raise ValueError(f"retrieve_packed needs one row per request: {len(rids)} rids, "
+                             f"anchors {tuple(anchors.shape)}, draft_tokens "
+                             f"{tuple(draft_tokens.shape)}, draft_parents "
+                             f"{tuple(draft_parents.shape)}")
+        per_request = []
+        for rid, row, tokens, parents in zip(rids, anchor_rows, token_rows, parent_rows,
+                                             strict=True):
+            tries = [(-1, self.propose(rid, (), root_nodes))]
+            for node in row:
+                if node >= 0:
+                    path = draft_path(tokens, parents, node)
+                    tries.append((node, self.propose(rid, path, anchor_nodes)))
+            per_request.append(tries)
+        return pack_retrieved(per_request, draft_tokens.shape[1], max_slots, device)
+
     # -- shared corpus --------------------------------------------------------------------------
-    def add_corpus(self, tokens: Sequence[int]) -> int:
-        """Add text to the shared corpus; returns a handle for ``remove_corpus``."""
+    def add_corpus(self, tokens: Sequence[int], tenant: Hashable = None) -> int:
+        """Add text to ``tenant``'s shared corpus; returns a handle for ``remove_corpus``."""
         _check_tokens("tokens", tokens)
-        first = self.shared.end
-        self.shared.append([*tokens, SEPARATOR])
         handle = self._next_handle
         self._next_handle += 1
-        self._corpora[handle] = (first, self.shared.end - 1)
-        self._forget_evicted_corpora()
+        self._append_document(tokens, self.tenants.acquire(tenant), handle)
         return handle
 
     def remove_corpus(self, handle: int) -> None:
@@ -167,25 +226,33 @@ class SuffixRetriever:
                              f"{self._next_handle}), got {handle}")
         span = self._corpora.pop(handle, None)
         if span is not None:
-            self.shared.blank(*span)
+            first, last, namespace = span
+            self.shared.blank(first, last)
+            self.tenants.release(namespace)
 
-    def _forget_evicted_corpora(self) -> None:
-        """Drop the handles of fully evicted text, oldest first (keeps ``_corpora`` bounded)."""
-        while self._corpora:
-            handle, (_, last) = next(iter(self._corpora.items()))
-            if last > self.shared.start:
-                break
-            del self._corpora[handle]
+    def _append_document(self, tokens: Sequence[int], namespace: int, handle: int) -> None:
+        """Append a document holding one reference to ``namespace``, then forget the
+        documents fully evicted, oldest first (keeps the bookkeeping bounded)."""
+        first = self.shared.end
+        self.shared.append([*tokens, SEPARATOR], namespace)
+        last = self.shared.end - 1
+        self._documents.append((last, namespace, handle))
+        if handle >= 0:
+            self._corpora[handle] = (first, last, namespace)
+        while self._documents and self._documents[0][0] <= self.shared.start:
+            _, namespace, handle = self._documents.popleft()
+            if handle < 0 or self._corpora.pop(handle, None) is not None:  # not removed
+                self.tenants.release(namespace)
 
     @property
     def live_requests(self) -> list[str]:
         return list(self._requests)
 
-    def _request(self, rid: str) -> SuffixIndex:
-        index = self._requests.get(rid)
-        if index is None:
+    def _request(self, rid: str) -> tuple[SuffixIndex, int]:
+        entry = self._requests.get(rid)
+        if entry is None:
             raise ValueError(f"unknown request {rid!r} (start_request was not called)")
-        return index
+        return entry
 
     def _best_first(self, occurrences: list[_Occurrence], match_len: int,
                     max_nodes: int) -> Continuations:

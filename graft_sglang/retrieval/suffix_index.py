@@ -8,13 +8,20 @@ the longest key length whose key occurs, walks its chain newest first (at most
 ``max_candidates`` steps), extends each occurrence backwards to its true match length (up to
 ``max_match``) and keeps the occurrences with the longest match.
 
+Namespaces: every appended token belongs to a namespace (an int, ``0`` by default), and a key is
+the namespace plus its ``k`` tokens, so a chain only links occurrences of one namespace and a
+query (``match(context, namespace)``) only ever sees text of its namespace, though all
+namespaces share one buffer, one capacity and one FIFO eviction. The namespace may change only
+at a ``SEPARATOR`` (documents never run into each other), so neither a key nor a backward match
+crosses from one namespace into another.
+
 Costs: appending a token is O(len(key_lengths)) (one key per length, plus evicting the oldest
-token's keys once full); a query is O(max_candidates * max_match). Memory is bounded by
+token's keys once full, O(log(runs)) each to find their namespace); a query is
+O(max_candidates * max_match). Memory is bounded by
 ``capacity``: the buffer and the chains take 8 bytes per token each (grown by doubling up to
-``capacity``, so a short request stays small), and a key leaves ``heads`` when its newest
-occurrence is evicted or blanked, so ``heads`` holds at most ``capacity`` keys per length
-(measured with tracemalloc: about 170 bytes per token in all on 55k tokens of Python source,
-300 on random text, the worst case for distinct keys).
+``capacity``, so a short request stays small), a key leaves ``heads`` when its newest
+occurrence is evicted or blanked, so ``heads`` holds at most ``capacity`` keys per length, and
+the namespace of each held run of text takes one entry (at most one per held ``SEPARATOR``).
 Deterministic: the same appends give the same answers (chains are exact, never hashed into
 buckets; no timing, no unordered iteration).
 """
@@ -22,6 +29,7 @@ buckets; no timing, no unordered iteration).
 from __future__ import annotations
 
 from array import array
+from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -68,10 +76,16 @@ class SuffixIndex:
         # is evicted before they are full, so p % capacity == p while they grow.
         self._log = array("q")
         self._prev = {k: array("q") for k in keys}
+        # A key is (namespace, token, ..., token).
         self._heads: dict[int, dict[tuple[int, ...], int]] = {k: {} for k in keys}
         self._start = 0  # oldest position held
         self._end = 0  # one past the newest
         self._run = 0  # non-separator tokens ending at end - 1 (keys never span SEPARATOR)
+        # Namespace runs: text from _ns_starts[i] on is in namespace _ns_ids[i]; the runs from
+        # _ns_first on cover the held text (older ones are compacted away).
+        self._ns_starts: list[int] = [0]
+        self._ns_ids: list[int] = [0]
+        self._ns_first = 0
 
     # -- text -------------------------------------------------------------------------------
     @property
@@ -92,16 +106,39 @@ class SuffixIndex:
         """Keys held in the hash heads, all lengths together (bounded by capacity per length)."""
         return sum(len(h) for h in self._heads.values())
 
+    @property
+    def num_namespace_runs(self) -> int:
+        """Namespace runs held (bounded by the SEPARATORs held, plus one)."""
+        return len(self._ns_starts) - self._ns_first
+
     def tokens(self, first: int, last: int) -> list[int]:
         """The tokens at log positions ``[first, last)`` (clamped to what is held)."""
         first, last = max(first, self._start), min(last, self._end)
         return [self._log[p % self.capacity] for p in range(first, last)]
 
-    def append(self, tokens: Sequence[int]) -> None:
-        """Append tokens (ids >= 0, or ``SEPARATOR``) and index every new position."""
+    def namespace_at(self, pos: int) -> int:
+        """The namespace of the text at log position ``pos`` (a held one)."""
+        return self._ns_ids[bisect_right(self._ns_starts, pos, lo=self._ns_first) - 1]
+
+    def append(self, tokens: Sequence[int], namespace: int = 0) -> None:
+        """Append tokens (ids >= 0, or ``SEPARATOR``) of ``namespace`` and index every new
+        position. Raises ValueError for a namespace change with no SEPARATOR at the boundary
+        (the last token held or the first appended)."""
         for t in tokens:
             if t < SEPARATOR:
                 raise ValueError(f"token ids must be >= 0 (or SEPARATOR = -1), got {t}")
+        if len(tokens) == 0:
+            return
+        if namespace != self._ns_ids[-1]:
+            last = self._log[(self._end - 1) % self.capacity] if self._end else SEPARATOR
+            if SEPARATOR not in (last, tokens[0]):
+                raise ValueError(f"namespace {namespace} cannot follow namespace "
+                                 f"{self._ns_ids[-1]} without a SEPARATOR between them")
+            if self._ns_starts[-1] == self._end:  # the last run is still empty
+                self._ns_ids[-1] = namespace
+            else:
+                self._ns_starts.append(self._end)
+                self._ns_ids.append(namespace)
         cap, longest = self.capacity, self.key_lengths[-1]
         # Keys of the new tokens may start in the last longest-1 tokens already held.
         ext = self.tokens(self._end - longest + 1, self._end)
@@ -120,7 +157,7 @@ class SuffixIndex:
             for k in self.key_lengths:
                 if k > self._run or k > pos + 1 - self._start:
                     break
-                key = tuple(ext[i - k + 1 : i + 1])
+                key = (namespace, *ext[i - k + 1 : i + 1])
                 heads = self._heads[k]
                 self._prev[k][pos % cap] = heads.get(key, -1)
                 heads[key] = pos
@@ -155,11 +192,12 @@ class SuffixIndex:
         self._run = min(self._run, self._end - last)
 
     def _key(self, pos: int, k: int) -> tuple[int, ...] | None:
-        """The ``k`` tokens ending at ``pos``, or None if not all held or one is SEPARATOR."""
+        """The key of the ``k`` tokens ending at ``pos``, or None if not all held or one is
+        SEPARATOR."""
         if pos - k + 1 < self._start:
             return None
-        key = tuple(self._log[p % self.capacity] for p in range(pos - k + 1, pos + 1))
-        return None if SEPARATOR in key else key
+        tokens = [self._log[p % self.capacity] for p in range(pos - k + 1, pos + 1)]
+        return None if SEPARATOR in tokens else (self.namespace_at(pos), *tokens)
 
     def _retarget_head(self, k: int, key: tuple[int, ...], pos: int) -> None:
         """Point ``key``'s head from ``pos`` to its newest intact occurrence (or drop it)."""
@@ -182,17 +220,23 @@ class SuffixIndex:
             if key is not None and self._heads[k].get(key) == pos:
                 del self._heads[k][key]
         self._start = s + 1
+        first = self._ns_first
+        if first + 1 < len(self._ns_starts) and self._ns_starts[first + 1] <= self._start:
+            self._ns_first = first = first + 1
+            if first > 16 and 2 * first > len(self._ns_starts):  # amortized O(1) compaction
+                del self._ns_starts[:first], self._ns_ids[:first]
+                self._ns_first = 0
 
     # -- queries ----------------------------------------------------------------------------
-    def match(self, context: Sequence[int]) -> Match:
-        """Longest suffix of ``context`` (at most ``max_match`` tokens) that occurs in the log
-        with at least one token after it."""
+    def match(self, context: Sequence[int], namespace: int = 0) -> Match:
+        """Longest suffix of ``context`` (at most ``max_match`` tokens) that occurs in
+        ``namespace``'s text with at least one token after it."""
         cap, log, start, end = self.capacity, self._log, self._start, self._end
         limit = min(self.max_match, len(context))
         for k in reversed(self.key_lengths):
             if limit < k:
                 continue
-            q = self._heads[k].get(tuple(context[-k:]), -1)
+            q = self._heads[k].get((namespace, *context[-k:]), -1)
             prev = self._prev[k]
             best, positions = 0, []
             for _ in range(self.max_candidates):
