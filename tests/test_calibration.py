@@ -37,10 +37,11 @@ def test_round_trip_and_refusals(tmp_path) -> None:
 def test_plugin_settings_take_the_calibrated_default() -> None:
     from graft_sglang.plugin.settings import GraftSettings
 
-    assert GraftSettings.from_env({}, default_threshold=0.03).threshold == 0.03
+    calibration = Calibration(threshold=0.03)
+    assert GraftSettings.from_env({}, calibration=calibration).threshold == 0.03
     # An explicit setting wins over the calibration.
     env = {"SGLANG_GRAFT_THRESHOLD": "0.2"}
-    assert GraftSettings.from_env(env, default_threshold=0.03).threshold == 0.2
+    assert GraftSettings.from_env(env, calibration=calibration).threshold == 0.2
 
 
 def test_calibrate_script_end_to_end(tmp_path) -> None:

@@ -22,10 +22,11 @@ from sglang.srt.server_args import prepare_server_args  # noqa: E402
 from sglang.srt.speculative.eagle_info import EagleVerifyInput  # noqa: E402
 from sglang.srt.speculative.spec_info import SpeculativeAlgorithm  # noqa: E402
 
+from graft_sglang.calibration import Calibration  # noqa: E402
 from graft_sglang.plugin import radix_feed, registration  # noqa: E402
 from graft_sglang.plugin.algo import GraftAlgo, draft_is_eagle3  # noqa: E402
 from graft_sglang.plugin.radix_feed import RadixFeed  # noqa: E402
-from graft_sglang.plugin.settings import GraftSettings  # noqa: E402
+from graft_sglang.plugin.settings import GraftSettings, server_settings  # noqa: E402
 from graft_sglang.plugin.verify_input import (  # noqa: E402
     GraftVerifyInput,
     build_verify_input,
@@ -43,14 +44,24 @@ torch.set_num_threads(1)
 load_plugins()
 
 
+@pytest.fixture(autouse=True)
+def fresh_settings():
+    """Each test's environment is read anew (a server process reads it once)."""
+    server_settings.cache_clear()
+    yield
+    server_settings.cache_clear()
+
+
+TINY_EAGLE3_CONFIG = {"architectures": ["LlamaForCausalLMEagle3"], "model_type": "llama",
+                      "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
+                      "num_key_value_heads": 4, "num_hidden_layers": 1, "vocab_size": 1000,
+                      "max_position_embeddings": 2048}
+
+
 @pytest.fixture
 def draft_dir(tmp_path: Path) -> Path:
     """A draft-head directory with a real (tiny) EAGLE-3 Llama config."""
-    config = {"architectures": ["LlamaForCausalLMEagle3"], "model_type": "llama",
-              "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
-              "num_key_value_heads": 4, "num_hidden_layers": 1, "vocab_size": 1000,
-              "max_position_embeddings": 2048}
-    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "config.json").write_text(json.dumps(TINY_EAGLE3_CONFIG))
     return tmp_path
 
 
@@ -94,7 +105,6 @@ def test_eagle3_detected_from_draft_config(draft_dir: Path, tmp_path_factory) ->
     eagle = tmp_path_factory.mktemp("eagle")
     (eagle / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLMEagle"]}))
     assert not draft_is_eagle3(str(eagle))
-    assert not draft_is_eagle3("no-such-org/no-such-head")  # offline and unknown: EAGLE, warned
 
 
 # -- server arguments (SGLang's real command-line parsing and resolution pipeline) -------------
@@ -162,7 +172,7 @@ def test_settings_from_env() -> None:
 
 def test_paper_mode_settings() -> None:
     s = GraftSettings.from_env({"SGLANG_GRAFT_MODE": "graft-paper"},
-                               default_stage_thresholds=(0.3, 0.2, 0.1))
+                               calibration=Calibration(stage_thresholds=(0.3, 0.2, 0.1)))
     assert (s.retrieval, s.stage_levels, s.stage_thresholds) == ("successor", (0, 1, 5),
                                                                  (0.3, 0.2, 0.1))
     policy = s.stage_policy()

@@ -33,23 +33,30 @@ load_plugins()
 VOCAB, HIDDEN = 50, 16
 
 
-@pytest.fixture
-def sglang_context(tmp_path: Path):
-    """SGLang's process context as a GRAFT server publishes it (the draft loop reads
-    ``get_spec()``); restored afterwards. Dynamo is off: ``select_top_k_tokens`` is
-    ``torch.compile``d, which would only cost compile time here."""
-    config = {"architectures": ["LlamaForCausalLMEagle3"], "model_type": "llama",
-              "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
-              "num_key_value_heads": 4, "num_hidden_layers": 1, "vocab_size": 1000,
-              "max_position_embeddings": 2048}
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    args = prepare_server_args(["--model-path", str(tmp_path), "--speculative-algorithm",
-                                "graft", "--speculative-draft-model-path", str(tmp_path),
+def publish_graft_context(directory: Path) -> tuple:
+    """Publish SGLang's process context as a GRAFT server does (the draft loop reads
+    ``get_spec()``), for a tiny EAGLE-3 head config written to ``directory``; returns what it
+    replaced."""
+    from tests.test_plugin import TINY_EAGLE3_CONFIG
+
+    (directory / "config.json").write_text(json.dumps(TINY_EAGLE3_CONFIG))
+    args = prepare_server_args(["--model-path", str(directory), "--speculative-algorithm",
+                                "graft", "--speculative-draft-model-path", str(directory),
                                 "--device", "cpu"])
     args.resolve_once()
     context = get_context()
     saved = (context._server_args, context._config_bags, context.parallel._config)
     context.set_server_args(args)
+    return saved
+
+
+@pytest.fixture
+def sglang_context(tmp_path: Path):
+    """SGLang's GRAFT process context (``publish_graft_context``), restored afterwards. Dynamo
+    is off: ``select_top_k_tokens`` is ``torch.compile``d, which would only cost compile time
+    here."""
+    saved = publish_graft_context(tmp_path)
+    context = get_context()
     try:
         with torch._dynamo.config.patch(disable=True):
             yield

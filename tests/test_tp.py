@@ -5,11 +5,19 @@ radix feed; in graft-paper mode the stage split and the successor table too) on 
 rank sees alike (request arrivals, draft candidates, accepted tokens, cache inserts / evictions,
 verify logits), and the ranks compare their trees and retrieval state after every step. The
 broadcast switch is checked on trees that differ per rank.
+
+The ranks also agree, over SGLang's own ``GroupCoordinator``, on their settings (given
+different environments and calibrations they refuse to start) and on every decision that
+changes how many draft forwards run (each a collective): SGLang's real draft loop runs on
+every rank with a draft model that all-reduces in every pass.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import os
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -19,9 +27,10 @@ import torch.multiprocessing as mp
 
 pytest.importorskip("sglang")
 
+from graft_sglang.calibration import Calibration
 from graft_sglang.plugin.radix_feed import RadixFeed
-from graft_sglang.plugin.settings import GraftSettings
-from graft_sglang.plugin.tp import broadcast_tree, trees_agree
+from graft_sglang.plugin.settings import GraftSettings, server_settings
+from graft_sglang.plugin.tp import agree_settings, broadcast_tree, trees_agree
 from graft_sglang.plugin.verify_input import step_tree
 from graft_sglang.plugin.worker import GraftState, all_candidates
 from graft_sglang.proposer import GraftProposer
@@ -167,3 +176,114 @@ def _run(rank: int, world: int, init: str) -> None:
 def test_identical_trees_and_retrieval_state_on_all_ranks(world: int, tmp_path: Path) -> None:
     """Deterministic build over many steps, then the broadcast switch (one spawn per size)."""
     mp.spawn(_run, args=(world, f"file://{tmp_path}/rendezvous"), nprocs=world)
+
+
+def _tp_group(rank: int, world: int):
+    """SGLang's TP ``GroupCoordinator`` over gloo (what ``get_parallel().tp_group`` is)."""
+    from sglang.srt.distributed.parallel_state import GroupCoordinator
+
+    return GroupCoordinator(group_ranks=[list(range(world))], local_rank=rank,
+                            torch_distributed_backend="gloo", use_pynccl=False,
+                            use_mscclpp=False, use_custom_allreduce=False,
+                            use_torch_symm_mem_all_reduce=False, use_hpu_communicator=False,
+                            use_xpu_communicator=False, group_name="graft_test_tp")
+
+
+def _settings_agreement(rank: int, group, heads: Path) -> None:
+    """Each rank reads its own environment and head directory, as the worker does."""
+    head = heads / f"rank{rank}"
+    head.mkdir()
+    os.environ["SGLANG_GRAFT_THRESHOLD"] = "0.2"
+    server_settings.cache_clear()
+    agree_settings(server_settings(str(head)), group)  # the same everywhere: starts
+    os.environ["SGLANG_GRAFT_THRESHOLD"] = "0.2" if rank == 0 else "0.3"
+    server_settings.cache_clear()
+    with pytest.raises(ValueError, match=r"SGLANG_GRAFT_THRESHOLD: 0\.2 != 0\.3"):
+        agree_settings(server_settings(str(head)), group)
+    del os.environ["SGLANG_GRAFT_THRESHOLD"]
+    Calibration(stage_thresholds=(0.3, 0.2, 0.1) if rank else (0.35, 0.25, 0.15)).save(head)
+    server_settings.cache_clear()
+    with pytest.raises(ValueError, match=r"SGLANG_GRAFT_STAGE_THRESHOLDS.*calibration\.json"):
+        agree_settings(server_settings(str(head)), group)
+    server_settings.cache_clear()
+
+
+def _stop_decisions(rank: int, group) -> None:
+    """SGLang's ``draft_forward`` on every rank, its draft model all-reducing in every pass:
+    a rank that ran fewer passes would leave the others waiting (the gloo timeout fails it)."""
+    from tests.test_plugin_checkpoints import (
+        StandInDraftModel,
+        draft_worker,
+        forward_batch,
+        root_topk,
+    )
+
+    class CollectiveDraftModel(StandInDraftModel):
+        def forward(self, batch):
+            out = super().forward(batch)
+            dist.all_reduce(out.logits_output.hidden_states)  # like a TP layer's reduction
+            return out
+
+    topk, steps, n = 4, 4, 16
+
+    def worker(settings: GraftSettings, broadcast=None):
+        w = draft_worker(settings, topk, steps, n)
+        w.draft_runner = CollectiveDraftModel()
+        w.graft = GraftState(settings, n, w.graft.vocab_size, broadcast=broadcast)
+        return w
+
+    # Plain TP: the loop's inputs are the same on every rank (here: the same seeds), so each
+    # level's decision is too, whether it stops at level 0, deeper, or never.
+    topk_p, topk_index = root_topk(3, topk)
+    passes = []
+    for threshold in (float(topk_p.max()) + 1e-3, float(topk_p.max()) / 4, 1e-6):
+        w = worker(GraftSettings(threshold=threshold))
+        w.draft_forward(forward_batch(topk_p, topk_index, steps))
+        assert _all_equal(torch.tensor([w.draft_runner.calls]))
+        passes.append(w.draft_runner.calls)
+    assert passes[0] == 0 and passes[-1] == steps - 1
+    # Ranks that draft differently (what the broadcast switch is for): rank 0 alone would stop
+    # at level 0, the others would draft on; alone, each rank decides for itself...
+    threshold = float(topk_p.max()) / 2
+    mine = topk_p * (0.1 if rank == 0 else 1.0)
+    alone = worker(GraftSettings(threshold=threshold))
+    stops = torch.tensor([alone.graft.stops_at_root(forward_batch(mine, topk_index, steps)
+                                                    .spec_info)])
+    gathered = [torch.empty_like(stops) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, stops)
+    assert [bool(g) for g in gathered] == [True] + [False] * (len(gathered) - 1)
+    # ...with the switch, every rank takes rank 0's decisions: the same passes everywhere.
+    for scale in ((0.1, 1.0), (1.0, 0.1)):  # rank 0 stops at once / rank 0 drafts on
+        mine = topk_p * (scale[0] if rank == 0 else scale[1])
+        shared = worker(GraftSettings(threshold=threshold, tp_broadcast=True),
+                        functools.partial(group.broadcast, src=0))
+        batch = forward_batch(mine, topk_index, steps)
+        assert shared.graft.stops_at_root(batch.spec_info) == (scale[0] < 1)
+        shared.draft_forward(batch)
+        assert _all_equal(torch.tensor([shared.draft_runner.calls]))
+        assert (shared.draft_runner.calls == 0) == (scale[0] < 1)
+
+
+def _run_agreement(rank: int, world: int, init: str, heads: str) -> None:
+    from tests.test_plugin_checkpoints import publish_graft_context
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world,
+                            timeout=timedelta(seconds=120))
+    try:
+        group = _tp_group(rank, world)
+        _settings_agreement(rank, group, Path(heads))
+        (Path(heads) / f"context{rank}").mkdir()
+        publish_graft_context(Path(heads) / f"context{rank}")
+        with torch._dynamo.config.patch(disable=True):
+            _stop_decisions(rank, group)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ranks_agree_on_settings_and_draft_passes(tmp_path: Path) -> None:
+    """Differing per-rank settings are refused at start-up; every rank runs the same draft
+    passes: plain TP from identical inputs, the broadcast switch from rank 0's decisions."""
+    mp.spawn(_run_agreement, args=(2, f"file://{tmp_path}/rendezvous", str(tmp_path)),
+             nprocs=2)

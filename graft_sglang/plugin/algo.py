@@ -15,7 +15,7 @@ from typing import Any
 
 from sglang.srt.speculative.spec_registry import CustomSpecAlgo
 
-from graft_sglang.plugin.settings import GraftSettings
+from graft_sglang.plugin.settings import GraftSettings, env_name, server_settings
 
 logger = logging.getLogger(__name__)
 
@@ -31,9 +31,14 @@ def max_draft_candidates(steps: int, topk: int) -> int:
     return topk + (steps - 1) * topk * topk
 
 
-def draft_is_eagle3(draft_model_path: str | None) -> bool:
-    """Whether the draft checkpoint (a local directory or a Hugging Face id) is an EAGLE-3
-    head, from its config's architectures (e.g. ``LlamaForCausalLMEagle3``)."""
+def draft_is_eagle3(draft_model_path: str | None, revision: str | None = None,
+                    download: bool = False) -> bool:
+    """Whether the draft checkpoint is an EAGLE-3 head, from its ``config.json``'s
+    architectures (e.g. ``LlamaForCausalLMEagle3``): a local directory's, else a Hugging Face
+    id's from the local HF cache. ``download``: fetch the file when the cache lacks it (the
+    launcher, once per node; the hub's own ``HF_HUB_OFFLINE`` still holds); scheduler ranks
+    never reach the network. Raises ValueError naming ``SGLANG_GRAFT_EAGLE3`` when the file
+    cannot be read."""
     if not draft_model_path:
         return False
     config = Path(draft_model_path) / "config.json"
@@ -41,18 +46,38 @@ def draft_is_eagle3(draft_model_path: str | None) -> bool:
         from huggingface_hub import hf_hub_download
 
         try:
-            config = Path(hf_hub_download(draft_model_path, "config.json"))
-        except Exception as err:  # any hub failure (offline, unknown id) means "cannot tell"
-            logger.warning("GRAFT: cannot read %s's config (%s); assuming an EAGLE (not "
-                           "EAGLE-3) head; set SGLANG_GRAFT_EAGLE3=1 if it is one",
-                           draft_model_path, err)
-            return False
+            config = Path(hf_hub_download(draft_model_path, "config.json", revision=revision,
+                                          local_files_only=not download))
+        except Exception as err:  # offline, not cached, unknown id: the operator must say
+            where = "the local Hugging Face cache" if not download else "the Hugging Face hub"
+            raise ValueError(
+                f"GRAFT: cannot read {draft_model_path!r}'s config.json (not a local directory, "
+                f"not found in {where}: {type(err).__name__}) to tell an EAGLE from an EAGLE-3 "
+                f"head; pass a local --speculative-draft-model-path, download the head first, "
+                f"or set {env_name('eagle3')}=1 (EAGLE-3) or 0 (EAGLE)") from None
     archs = json.loads(config.read_text()).get("architectures") or []
     return any("eagle3" in a.lower() for a in archs)
 
 
+def check_attention_backends(backends: tuple[str | None, ...], page_size: int) -> None:
+    """Refuse attention backends GRAFT's trees cannot be verified with: ``backends`` the
+    (base, prefill, decode) names (None: not set), ``page_size`` the KV page size."""
+    names = {b for b in backends if b is not None}
+    if "trtllm_mha" in names:
+        raise ValueError("--attention-backend trtllm_mha verifies chains only (topk = 1); "
+                         "GRAFT needs a tree backend, e.g. flashinfer, fa3 or triton")
+    unpaged = sorted(names - set(PAGED_TREE_BACKENDS))
+    if page_size > 1 and unpaged:
+        raise ValueError(f"GRAFT with --page-size > 1 needs --attention-backend in "
+                         f"{PAGED_TREE_BACKENDS}, got {unpaged[0]!r}")
+
+
 def check_server_args(sa: Any) -> None:
-    """Refuse settings GRAFT cannot run with; ``sa`` is SGLang's (resolving) server args."""
+    """Refuse settings GRAFT cannot run with; ``sa`` is SGLang's (resolving) server args.
+    Reads the ``SGLANG_GRAFT_*`` settings (once per process) and the draft head's config."""
+    from graft_sglang.plugin.worker import check_substitution_targets
+
+    check_substitution_targets()
     if sa.speculative_draft_model_path is None:
         raise ValueError("--speculative-algorithm GRAFT needs --speculative-draft-model-path "
                          "(an EAGLE or EAGLE-3 draft head)")
@@ -60,6 +85,18 @@ def check_server_args(sa: Any) -> None:
         raise ValueError("--speculative-use-rejection-sampling is not supported by GRAFT: "
                          "grafted nodes have no draft distribution (target-only sampling is "
                          "used, which is lossless)")
+    for flag in ("single", "acc"):
+        value = getattr(sa, f"speculative_accept_threshold_{flag}", 1.0)
+        if value != 1.0:
+            raise ValueError(f"--speculative-accept-threshold-{flag} must be 1.0 (the default) "
+                             f"for GRAFT, got {value}: other values change target-only "
+                             f"sampling's acceptance, which makes it lossy")
+    raw = getattr(sa, "_raw_input", None) or {}
+    if (getattr(sa, "attn_dp_size", 1) or 1) > 1 or raw.get("enable_dp_attention"):
+        raise ValueError("--enable-dp-attention / --attn-dp-size > 1 (attention data "
+                         "parallelism) is not supported by GRAFT: each attention-DP rank "
+                         "would decide from its own batch whether to stop drafting, while "
+                         "every rank must run every draft forward (they are collectives)")
     if getattr(sa, "speculative_use_block_verification", False):
         raise ValueError("--speculative-use-block-verification is not supported by GRAFT")
     if sa.speculative_adaptive:
@@ -70,7 +107,10 @@ def check_server_args(sa: Any) -> None:
         raise ValueError("GRAFT: give all of --speculative-num-steps, --speculative-eagle-topk "
                          "and --speculative-num-draft-tokens, or none (defaults "
                          f"{DEFAULT_STEPS} / {DEFAULT_TOPK} / {DEFAULT_DRAFT_TOKENS})")
-    settings = GraftSettings.from_env()  # refuses malformed SGLANG_GRAFT_* settings
+    settings = server_settings(sa.speculative_draft_model_path)  # refuses malformed settings
+    if settings.eagle3 is None:  # fails here, at start-up, if the head's config is unreadable
+        draft_is_eagle3(sa.speculative_draft_model_path,
+                        getattr(sa, "speculative_draft_model_revision", None), download=True)
     steps = sa.speculative_num_steps or default_steps(settings)
     topk = sa.speculative_eagle_topk or DEFAULT_TOPK
     n = sa.speculative_num_draft_tokens or DEFAULT_DRAFT_TOKENS
@@ -87,21 +127,17 @@ def check_server_args(sa: Any) -> None:
     if (getattr(sa, "pp_size", 1) or 1) > 1:
         raise ValueError("GRAFT supports --pp-size 1 only (pipeline parallelism relays "
                          "SGLang's dense tree topology between stages)")
-    backend = getattr(sa, "attention_backend", None)
-    backends = {backend, getattr(sa, "decode_attention_backend", None),
-                getattr(sa, "prefill_attention_backend", None)}
-    if "trtllm_mha" in backends:
-        raise ValueError("--attention-backend trtllm_mha verifies chains only (topk = 1); "
-                         "GRAFT needs a tree backend, e.g. flashinfer, fa3 or triton")
+    # As given: a backend SGLang picks itself is checked again when the worker starts.
+    check_attention_backends((getattr(sa, "attention_backend", None),
+                              getattr(sa, "prefill_attention_backend", None),
+                              getattr(sa, "decode_attention_backend", None)),
+                             getattr(sa, "page_size", 1) or 1)
     policy = settings.stage_policy()
     if policy is not None and max(policy.levels) >= steps:
-        raise ValueError(f"SGLANG_GRAFT_STAGE_LEVELS {list(policy.levels)}: level "
+        raise ValueError(f"{env_name('stage_levels')} {list(policy.levels)}: level "
                          f"{max(policy.levels)} needs --speculative-num-steps >= "
                          f"{max(policy.levels) + 1} (the draft loop has levels 0..steps-1), got "
                          f"{steps}")
-    if (getattr(sa, "page_size", 1) or 1) > 1 and backend not in (None, *PAGED_TREE_BACKENDS):
-        raise ValueError(f"GRAFT with --page-size > 1 needs --attention-backend in "
-                         f"{PAGED_TREE_BACKENDS}, got {backend!r}")
 
 
 def default_steps(settings: GraftSettings) -> int:
@@ -124,8 +160,13 @@ class GraftAlgo(CustomSpecAlgo):
     def is_eagle3(self) -> bool:
         """EAGLE-3 heads need the target's auxiliary hidden states and a draft-vocab map."""
         if self._eagle3 is None:
-            forced = GraftSettings.from_env().eagle3
-            self._eagle3 = forced if forced is not None else draft_is_eagle3(_draft_path())
+            spec = _published_spec()
+            if spec is None:  # before SGLang publishes its configuration: nothing to decide on
+                return False
+            path = spec.speculative_draft_model_path
+            forced = server_settings(path).eagle3
+            self._eagle3 = forced if forced is not None else draft_is_eagle3(
+                path, getattr(spec, "speculative_draft_model_revision", None))
         return self._eagle3
 
     def need_topk(self) -> bool:
@@ -149,7 +190,8 @@ class GraftAlgo(CustomSpecAlgo):
         """Defaults and checks; ``sa`` is SGLang's stand-in, so only plain attribute writes."""
         check_server_args(sa)
         if sa.speculative_num_steps is None:
-            sa.speculative_num_steps = default_steps(GraftSettings.from_env())
+            sa.speculative_num_steps = default_steps(
+                server_settings(sa.speculative_draft_model_path))
             sa.speculative_eagle_topk = DEFAULT_TOPK
             sa.speculative_num_draft_tokens = DEFAULT_DRAFT_TOKENS
         if sa.max_running_requests is None:
@@ -162,11 +204,12 @@ class GraftAlgo(CustomSpecAlgo):
         self._eagle3 = None  # decided again from the draft path now known
 
 
-def _draft_path() -> str | None:
-    """The draft model path of the running server (None before SGLang publishes it)."""
+def _published_spec() -> Any:
+    """The running server's speculative configuration (None before SGLang publishes it)."""
     try:
         from sglang.srt.runtime_context import get_spec
 
-        return get_spec().speculative_draft_model_path
+        spec = get_spec()
+        return spec if spec.speculative_draft_model_path else None
     except (ImportError, ValueError, AttributeError):
         return None

@@ -9,9 +9,15 @@ below the pruning threshold, which would prune everything deeper), raises ``Stop
 forward passes are never run.
 
 The decision reads one boolean per checked level on the host (the batch's control flow depends
-on it). Which stage each request reached is not taken from here but recomputed from the
-returned scores (``StagePolicy.stages_from_scores``), so a CUDA-graph replay of the full loop
-and an eager loop that stopped early give every request the same split.
+on it). Every TP rank must take it alike, since each draft forward it skips is a collective: the
+loop's inputs are the same on every rank (``plugin/tp.py``), and with the TP broadcast switch
+(ranks that may draft differently) rank 0's decision is broadcast (``decide``). In SGLang's
+graph-capture mode, warm-up passes included, the loop never stops early: the warm-ups run
+eagerly on zeroed static inputs and must take the path the capture records.
+
+Which stage each request reached is not taken from here but recomputed from the returned scores
+(``StagePolicy.stages_from_scores``), so a CUDA-graph replay of the full loop and an eager loop
+that stopped early give every request the same split.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from sglang.srt.model_executor.runner_utils.capture_mode import get_is_capture_mode
 
 from graft_sglang.stages import StagePolicy
 
@@ -51,11 +58,16 @@ class StopDrafting(Exception):
 class CheckpointedSelect:
     """Drop-in for ``select_top_k_tokens(i, topk_p, topk_index, hidden_states, scores, topk)``
     that records each level's ``tree_info`` and raises ``StopDrafting`` when the whole batch has
-    stopped. One instance per draft loop (``lists`` are its score / token / parent lists)."""
+    stopped. One instance per draft loop (``lists`` are its score / token / parent lists).
+    ``decide``: [bs] bool (which requests stopped) -> whether the loop stops; every TP rank
+    must return the same answer (default: all of them stopped)."""
 
     def __init__(self, select: SelectTopK, num_steps: int, policy: StagePolicy | None,
-                 stop_below: float | None) -> None:
+                 stop_below: float | None,
+                 decide: Callable[[torch.Tensor], bool] = lambda stopped: bool(stopped.all()),
+                 ) -> None:
         self.select = select
+        self.decide = decide
         self.num_steps = num_steps
         self.policy = policy
         self.stop_below = stop_below
@@ -83,11 +95,14 @@ class CheckpointedSelect:
         if self.stage is None:
             self.stage = torch.full_like(best, -1, dtype=torch.int64)
         self.stage, stopped = level_stops(self.policy, self.stop_below, self.stage, i, best)
-        if bool(stopped.all()):  # the one host read of the level
+        if self.decide(stopped):  # the one host read of the level
             raise StopDrafting(i)
         return out
 
 
 def capturing() -> bool:
-    """Whether a CUDA graph is being captured (no host reads allowed: the loop runs whole)."""
-    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+    """Whether SGLang is capturing a graph, its eager warm-ups included
+    (``get_is_capture_mode``), or a CUDA stream is capturing: the loop runs whole (no host
+    reads, and the path the graph records)."""
+    return get_is_capture_mode() or (torch.cuda.is_available()
+                                     and torch.cuda.is_current_stream_capturing())

@@ -8,11 +8,15 @@ that it extends is replaced); after an eviction the oldest documents leave the c
 is no larger than the cache (first in, first out, which approximates the cache's LRU).
 Both prefix-anchored continuations (other requests with the same prefix) and suffix-anchored
 ones (the same recent tokens anywhere) then come out of the suffix index.
+
+Radix keys of multimodal requests carry image pad values (``>= vocab_size``, identities rather
+than tokens): they never enter the corpus, so no retrieved continuation can hold one.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable
 from typing import Any
 
 from graft_sglang.retrieval.suffix import SuffixRetriever
@@ -24,12 +28,23 @@ CACHE_CLASSES = (
 _active: RadixFeed | None = None  # the feed of this process's GRAFT worker
 
 
-class RadixFeed:
-    """Keeps ``retriever``'s shared corpus in step with one prefix cache."""
+def vocabulary_tokens(tokens: Iterable[int], vocab_size: int | None) -> tuple[int, ...]:
+    """``tokens`` without the values outside ``[0, vocab_size)`` (e.g. multimodal pad values;
+    None: all kept). O(len(tokens))."""
+    if vocab_size is None:
+        return tuple(int(t) for t in tokens)
+    return tuple(int(t) for t in tokens if 0 <= t < vocab_size)
 
-    def __init__(self, retriever: SuffixRetriever, max_documents: int = 4096) -> None:
+
+class RadixFeed:
+    """Keeps ``retriever``'s shared corpus in step with one prefix cache (``vocab_size``: the
+    target's vocabulary; tokens outside it are dropped from what the corpus receives)."""
+
+    def __init__(self, retriever: SuffixRetriever, max_documents: int = 4096,
+                 vocab_size: int | None = None) -> None:
         self.retriever = retriever
         self.max_documents = max_documents
+        self.vocab_size = vocab_size
         self.documents: OrderedDict[int, tuple[int, ...]] = OrderedDict()  # handle -> tokens
         self.tokens = 0
 
@@ -38,7 +53,9 @@ class RadixFeed:
         global _active
         _active = self
 
-    def on_insert(self, tokens: tuple[int, ...]) -> None:
+    def on_insert(self, key_tokens: Iterable[int]) -> None:
+        """A cache insert of ``key_tokens`` (a radix key's raw tokens)."""
+        tokens = vocabulary_tokens(key_tokens, self.vocab_size)
         if not tokens:
             return
         for handle, doc in list(self.documents.items()):
@@ -69,7 +86,7 @@ def _cache_tokens(cache: Any) -> int:
 def after_insert(result: Any, cache: Any, *args: Any, **kwargs: Any) -> Any:
     params = args[0] if args else kwargs.get("params")
     if _active is not None and getattr(params, "key", None) is not None:
-        _active.on_insert(tuple(int(t) for t in params.key.token_ids))
+        _active.on_insert(params.key.raw_token_ids())  # raw tokens (bigram keys too), cut at limit
     return result
 
 

@@ -1,40 +1,23 @@
-"""Graft's own settings in an SGLang server.
+"""Graft's own settings in an SGLang server, each declared once, on its field.
 
-SGLang has no per-plugin command-line flags (its arguments are a fixed ``msgspec`` struct), and
-every TP scheduler process re-reads its configuration, so Graft reads environment variables,
-the way SGLang's own ``SGLANG_*`` knobs work (``srt/environ.py``). They reach every subprocess.
-
-| variable | default | meaning |
-| --- | --- | --- |
-| ``SGLANG_GRAFT_THRESHOLD`` | calibrated | prune below this cumulative confidence ("none": off);
-  default: the draft head directory's ``calibration.json`` (``bench/calibrate.py``), else 0.1 |
-| ``SGLANG_GRAFT_RELATIVE`` | none | prune below this fraction of the best confidence |
-| ``SGLANG_GRAFT_RETRIEVAL_WEIGHT`` | 1.0 | multiplier on retrieved path probabilities |
-| ``SGLANG_GRAFT_ROOT_NODES`` | N - 1 | retrieved trie size below the root (0 = no retrieval) |
-| ``SGLANG_GRAFT_DRAFT_ANCHORS`` | 1 | kept draft leaves that also get a retrieval query |
-| ``SGLANG_GRAFT_ANCHOR_NODES`` | N / 4 | retrieved trie size below each draft anchor |
-| ``SGLANG_GRAFT_SHARED_CAPACITY`` | 2**20 | shared corpus tokens (finished requests, radix cache) |
-| ``SGLANG_GRAFT_REQUEST_CAPACITY`` | 2**16 | tokens indexed per live request |
-| ``SGLANG_GRAFT_RADIX_FEED`` | 1 | mirror the radix cache's content into the shared corpus |
-| ``SGLANG_GRAFT_TP_BROADCAST`` | 0 | 1: broadcast each tree from TP rank 0 (see ``plugin/tp.py``) |
-| ``SGLANG_GRAFT_EAGLE3`` | auto | 1 / 0: the draft head is (not) EAGLE-3; auto: its config |
-| ``SGLANG_GRAFT_MODE`` | graft | ``graft`` (per-node pruning, suffix retrieval) or ``graft-paper``
-  (stop-drafting checkpoints, stage split, successor table) |
-| ``SGLANG_GRAFT_RETRIEVAL`` | by mode | ``suffix``, ``successor`` or ``both`` (slots compete);
-  default ``suffix`` for graft, ``successor`` for graft-paper |
-| ``SGLANG_GRAFT_STAGE_LEVELS`` | 0,1,5 | graft-paper's checkpoint levels |
-| ``SGLANG_GRAFT_STAGE_THRESHOLDS`` | calibrated | one per level; default: ``calibration.json``,
-  else 0.35,0.25,0.15 |
-| ``SGLANG_GRAFT_SUCCESSOR_K`` | 10 | next tokens kept per token in the successor table |
+SGLang has no per-plugin command-line flags (its arguments are a fixed ``msgspec`` struct), so
+Graft reads ``SGLANG_GRAFT_*`` environment variables, the way SGLang's own knobs work
+(``srt/environ.py``); they reach every subprocess. Every field of ``GraftSettings`` carries its
+``Declaration`` (variable ``SGLANG_GRAFT_<FIELD>``, parser, allowed values, default, one-line
+doc): the environment parsing (``GraftSettings.from_env``), the validation (``__post_init__``)
+and the README's table (``settings_table``) are all derived from it, so a setting added there
+appears in all three. A process reads its environment once (``server_settings``).
 """
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
 
-from graft_sglang.calibration import DEFAULT_THRESHOLD
+from graft_sglang.calibration import DEFAULT_THRESHOLD, Calibration, load_calibration
 from graft_sglang.proposer import RetrievalPlan
 from graft_sglang.retrieval.suffix import SuffixConfig
 from graft_sglang.stages import StagePolicy
@@ -43,74 +26,160 @@ from graft_sglang.tree.builder import GraftConfig
 PREFIX = "SGLANG_GRAFT_"
 MODES = ("graft", "graft-paper")
 RETRIEVAL_SOURCES = ("suffix", "successor", "both")
-_KNOWN = ("THRESHOLD", "RELATIVE", "RETRIEVAL_WEIGHT", "ROOT_NODES", "DRAFT_ANCHORS",
-          "ANCHOR_NODES", "SHARED_CAPACITY", "REQUEST_CAPACITY", "RADIX_FEED", "TP_BROADCAST",
-          "EAGLE3", "MODE", "RETRIEVAL", "STAGE_LEVELS", "STAGE_THRESHOLDS", "SUCCESSOR_K")
+_FLAGS = {"1": True, "true": True, "0": False, "false": False}
+_MALFORMED = object()  # a variable's text its parser refused
 
 
-def _number(env: Mapping[str, str], name: str, default: float | None, cast: type) -> float | None:
-    raw = env.get(PREFIX + name)
-    if raw is None or raw.strip() == "":
-        return default
-    if raw.strip().lower() == "none":
-        return None
-    try:
-        return cast(raw)
-    except ValueError:
-        raise ValueError(f"{PREFIX}{name}={raw!r} is not a valid {cast.__name__}") from None
+@dataclass(frozen=True)
+class Declaration:
+    """How one ``GraftSettings`` field is set from the environment.
+
+    parse:       the variable's text (stripped, non-empty) -> value; raises ValueError.
+    allowed:     the allowed values as an operator reads them (error messages, docs).
+    check:       whether a value (parsed or given to the constructor) is allowed.
+    doc:         one line: what the setting does.
+    default_doc: the documented default where it is computed (otherwise the field's default).
+    calibrated:  unset, it takes the draft head's ``calibration.json`` value of the same name.
+    """
+
+    parse: Callable[[str], Any]
+    allowed: str
+    check: Callable[[Any], bool]
+    doc: str
+    default_doc: str | None = None
+    calibrated: bool = False
 
 
-def _numbers(env: Mapping[str, str], name: str, default: tuple, cast: type) -> tuple:
-    raw = env.get(PREFIX + name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        return tuple(cast(v) for v in raw.split(","))
-    except ValueError:
-        raise ValueError(f"{PREFIX}{name}={raw!r} is not a comma-separated list of "
-                         f"{cast.__name__}") from None
+def setting(default: Any, parse: Callable[[str], Any], allowed: str, check: Callable[[Any], bool],
+            doc: str, *, default_doc: str | None = None, calibrated: bool = False) -> Any:
+    """A ``GraftSettings`` field with its declaration (see ``Declaration``)."""
+    return field(default=default, metadata={"setting": Declaration(
+        parse, allowed, check, doc, default_doc, calibrated)})
 
 
-def _choice(env: Mapping[str, str], name: str, default: str | None,
-            choices: tuple[str, ...]) -> str | None:
-    raw = env.get(PREFIX + name)
-    if raw is None or raw.strip() == "":
-        return default
-    value = raw.strip().lower()
-    if value not in choices:
-        raise ValueError(f"{PREFIX}{name} must be one of {', '.join(choices)}, got {raw!r}")
-    return value
+def env_name(name: str) -> str:
+    """The environment variable of field ``name``."""
+    return PREFIX + name.upper()
+
+
+# -- parsers (text -> value; ValueError when malformed) -----------------------------------------
+def _optional(cast: Callable[[str], Any]) -> Callable[[str], Any]:
+    return lambda raw: None if raw.lower() == "none" else cast(raw)
+
+
+def _flag(raw: str) -> bool:
+    if raw.lower() not in _FLAGS:
+        raise ValueError(raw)
+    return _FLAGS[raw.lower()]
+
+
+def _auto_flag(raw: str) -> bool | None:
+    return None if raw.lower() == "auto" else _flag(raw)
+
+
+def _choice(choices: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if raw.lower() not in choices:
+            raise ValueError(raw)
+        return raw.lower()
+    return parse
+
+
+def _list(cast: Callable[[str], Any]) -> Callable[[str], tuple]:
+    return lambda raw: tuple(cast(v) for v in raw.split(","))
+
+
+# -- checks ---------------------------------------------------------------------------------------
+def _unit(value: Any) -> bool:
+    return isinstance(value, float | int) and not isinstance(value, bool) and 0.0 < value <= 1.0
+
+
+def _unit_or_none(value: Any) -> bool:
+    return value is None or _unit(value)
+
+
+def _at_least(low: int, optional: bool = False) -> Callable[[Any], bool]:
+    return lambda v: (optional and v is None) or (
+        isinstance(v, int) and not isinstance(v, bool) and v >= low)
+
+
+def _is_bool(optional: bool = False) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, bool) or (optional and v is None)
 
 
 @dataclass(frozen=True)
 class GraftSettings:
-    """Everything Graft needs besides SGLang's own ``--speculative-*`` arguments."""
+    """Everything Graft needs besides SGLang's own ``--speculative-*`` arguments (``N``: the
+    tree size, ``--speculative-num-draft-tokens``)."""
 
-    threshold: float | None = DEFAULT_THRESHOLD
-    relative: float | None = None
-    retrieval_weight: float = 1.0
-    root_nodes: int | None = None  # None: N - 1
-    draft_anchors: int = 1
-    anchor_nodes: int | None = None  # None: N // 4
-    shared_capacity: int = 1 << 20
-    request_capacity: int = 1 << 16
-    radix_feed: bool = True
-    tp_broadcast: bool = False
-    eagle3: bool | None = None  # None: decided from the draft model's config
-    mode: str = "graft"
-    retrieval: str = "suffix"
-    stage_levels: tuple[int, ...] = StagePolicy().levels
-    stage_thresholds: tuple[float, ...] = StagePolicy().thresholds
-    successor_k: int = 10
+    threshold: float | None = setting(
+        DEFAULT_THRESHOLD, _optional(float), "in (0, 1], or none", _unit_or_none,
+        "prune draft nodes below this cumulative confidence (`none`: off)",
+        default_doc="calibrated: the draft head's `calibration.json` (`make calibrate`), "
+                    "else `0.1`",
+        calibrated=True)
+    relative: float | None = setting(
+        None, _optional(float), "in (0, 1], or none", _unit_or_none,
+        "also prune below this fraction of the best node's confidence")
+    retrieval_weight: float = setting(
+        1.0, float, "in (0, 1]", _unit,
+        "multiplier on retrieved paths' probabilities when ranking")
+    root_nodes: int | None = setting(
+        None, _optional(int), ">= 0, or none", _at_least(0, optional=True),
+        "retrieved trie size below the root (`0`: no retrieval)", default_doc="N - 1")
+    draft_anchors: int = setting(
+        1, int, ">= 0", _at_least(0), "kept draft leaves that also get a retrieval query")
+    anchor_nodes: int | None = setting(
+        None, _optional(int), ">= 0, or none", _at_least(0, optional=True),
+        "retrieved trie size below each draft anchor", default_doc="N / 4")
+    shared_capacity: int = setting(
+        1 << 20, int, ">= 1", _at_least(1),
+        "tokens of the shared corpus (finished requests, radix cache)")
+    request_capacity: int = setting(
+        1 << 16, int, ">= 1", _at_least(1), "tokens indexed per live request")
+    radix_feed: bool = setting(
+        True, _flag, "1 or 0", _is_bool(),
+        "mirror the radix cache's content into the shared corpus")
+    tp_broadcast: bool = setting(
+        False, _flag, "1 or 0", _is_bool(),
+        "`1`: TP rank 0's tree and stop-drafting decisions on every rank (`plugin/tp.py`)")
+    eagle3: bool | None = setting(
+        None, _auto_flag, "auto, 1 or 0", _is_bool(optional=True),
+        "the draft head is (`1`) or is not (`0`) EAGLE-3; `auto`: its `config.json`",
+        default_doc="`auto`")
+    mode: str = setting(
+        "graft", _choice(MODES), "one of " + ", ".join(MODES), lambda v: v in MODES,
+        "`graft` (per-node pruning, suffix / radix retrieval, trie-merge) or `graft-paper` (the "
+        "paper's stop-drafting checkpoints, stage split, successor table)")
+    retrieval: str | None = setting(
+        None, _choice(RETRIEVAL_SOURCES), "one of " + ", ".join(RETRIEVAL_SOURCES),
+        lambda v: v is None or v in RETRIEVAL_SOURCES,
+        "retrieval source(s); `both`: their slots compete",
+        default_doc="by mode: `suffix` (graft), `successor` (graft-paper)")
+    stage_levels: tuple[int, ...] = setting(
+        StagePolicy().levels, _list(int), "comma-separated ascending levels >= 0",
+        lambda v: isinstance(v, tuple) and all(_at_least(0)(x) for x in v),
+        "graft-paper's checkpoint levels (each < `--speculative-num-steps`)")
+    stage_thresholds: tuple[float, ...] = setting(
+        StagePolicy().thresholds, _list(float), "comma-separated, in (0, 1], one per level",
+        lambda v: isinstance(v, tuple) and all(_unit(x) for x in v),
+        "graft-paper's checkpoint thresholds",
+        default_doc="calibrated: the draft head's `calibration.json`, else `0.35,0.25,0.15`",
+        calibrated=True)
+    successor_k: int = setting(
+        10, int, ">= 1", _at_least(1), "next tokens kept per token in the successor table")
+    log_interval: int = setting(
+        200, int, ">= 1", _at_least(1),
+        "verify steps between the per-source acceptance log lines (every TP rank logs its own)")
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"{PREFIX}MODE must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if self.retrieval not in RETRIEVAL_SOURCES:
-            raise ValueError(f"{PREFIX}RETRIEVAL must be one of {', '.join(RETRIEVAL_SOURCES)}, "
-                             f"got {self.retrieval!r}")
-        if self.successor_k < 1:
-            raise ValueError(f"{PREFIX}SUCCESSOR_K must be >= 1, got {self.successor_k}")
+        for f in declared_fields(type(self)):
+            value, decl = getattr(self, f.name), f.metadata["setting"]
+            if not decl.check(value):
+                raise ValueError(f"{env_name(f.name)} must be {decl.allowed}, got {value!r}")
+        if self.retrieval is None:  # the mode's own source
+            object.__setattr__(self, "retrieval",
+                               "successor" if self.mode == "graft-paper" else "suffix")
         if self.mode == "graft-paper":
             try:
                 self.stage_policy()
@@ -118,49 +187,38 @@ class GraftSettings:
                 raise ValueError(f"{PREFIX}STAGE_LEVELS / {PREFIX}STAGE_THRESHOLDS: {err}") \
                     from None
 
-    @staticmethod
-    def from_env(env: Mapping[str, str] | None = None,
-                 default_threshold: float = DEFAULT_THRESHOLD,
-                 default_stage_thresholds: tuple[float, ...] = StagePolicy().thresholds,
-                 ) -> GraftSettings:
-        """Settings from ``SGLANG_GRAFT_*`` variables; ``default_threshold`` and
-        ``default_stage_thresholds`` apply when ``SGLANG_GRAFT_THRESHOLD`` /
-        ``SGLANG_GRAFT_STAGE_THRESHOLDS`` are unset (the head's calibrated values)."""
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None,
+                 calibration: Calibration | None = None) -> GraftSettings:
+        """Settings from ``SGLANG_GRAFT_*`` variables (``env``, default ``os.environ``); an
+        unset calibrated setting takes ``calibration``'s value. Raises ValueError naming the
+        variable for an unknown name or a value outside its allowed range."""
         env = os.environ if env is None else env
-        known = {f"{PREFIX}{n}" for n in _KNOWN}
-        unknown = sorted(k for k in env if k.startswith(PREFIX) and k not in known)
+        declared = {env_name(f.name): f for f in declared_fields(cls)}
+        unknown = sorted(k for k in env if k.startswith(PREFIX) and k not in declared)
         if unknown:
-            raise ValueError(f"unknown Graft setting(s) {unknown}; known: {sorted(known)}")
-        flag = {"1": True, "true": True, "0": False, "false": False}
-        eagle3_raw = env.get(PREFIX + "EAGLE3", "auto").strip().lower()
-        if eagle3_raw not in (*flag, "auto"):
-            raise ValueError(f"{PREFIX}EAGLE3 must be 1, 0 or auto, got {eagle3_raw!r}")
-        switches = {}
-        for name, default in (("RADIX_FEED", "1"), ("TP_BROADCAST", "0")):
-            raw = env.get(PREFIX + name, default).strip().lower()
-            if raw not in flag:
-                raise ValueError(f"{PREFIX}{name} must be 1 or 0, got {raw!r}")
-            switches[name] = flag[raw]
-        mode = _choice(env, "MODE", "graft", MODES)
-        return GraftSettings(
-            threshold=_number(env, "THRESHOLD", default_threshold, float),
-            relative=_number(env, "RELATIVE", None, float),
-            retrieval_weight=_number(env, "RETRIEVAL_WEIGHT", 1.0, float),
-            root_nodes=_number(env, "ROOT_NODES", None, int),
-            draft_anchors=_number(env, "DRAFT_ANCHORS", 1, int),
-            anchor_nodes=_number(env, "ANCHOR_NODES", None, int),
-            shared_capacity=_number(env, "SHARED_CAPACITY", 1 << 20, int),
-            request_capacity=_number(env, "REQUEST_CAPACITY", 1 << 16, int),
-            radix_feed=switches["RADIX_FEED"],
-            tp_broadcast=switches["TP_BROADCAST"],
-            eagle3=None if eagle3_raw == "auto" else flag[eagle3_raw],
-            mode=mode,
-            retrieval=_choice(env, "RETRIEVAL", "successor" if mode == "graft-paper"
-                              else "suffix", RETRIEVAL_SOURCES),
-            stage_levels=_numbers(env, "STAGE_LEVELS", StagePolicy().levels, int),
-            stage_thresholds=_numbers(env, "STAGE_THRESHOLDS", default_stage_thresholds, float),
-            successor_k=_number(env, "SUCCESSOR_K", 10, int),
-        )
+            raise ValueError(f"unknown Graft setting(s) {unknown}; known: {sorted(declared)}")
+        values: dict[str, Any] = {}
+        for name, f in declared.items():
+            decl, raw = f.metadata["setting"], env.get(name, "").strip()
+            if not raw:
+                if decl.calibrated and calibration is not None:
+                    values[f.name] = getattr(calibration, f.name)
+                continue
+            try:
+                value = decl.parse(raw)
+            except ValueError:
+                value = _MALFORMED
+            if value is _MALFORMED or not decl.check(value):
+                raise ValueError(f"{name} must be {decl.allowed}, got {raw!r}")
+            values[f.name] = value
+        return cls(**values)
+
+    def differences(self, other: GraftSettings) -> list[str]:
+        """``VARIABLE: mine != other's`` for every setting that differs."""
+        return [f"{env_name(f.name)}: {getattr(self, f.name)!r} != {getattr(other, f.name)!r}"
+                for f in declared_fields(type(self))
+                if getattr(self, f.name) != getattr(other, f.name)]
 
     def stage_policy(self) -> StagePolicy | None:
         """graft-paper's checkpoints (None in graft mode). The draft shares are the paper's
@@ -201,3 +259,43 @@ class GraftSettings:
     def suffix_config(self) -> SuffixConfig:
         return SuffixConfig(shared_capacity=self.shared_capacity,
                             request_capacity=self.request_capacity)
+
+
+def declared_fields(cls: type = GraftSettings) -> list:
+    """The fields of ``cls`` (``GraftSettings`` or a subclass) that carry a ``Declaration``."""
+    return [f for f in fields(cls) if "setting" in f.metadata]
+
+
+@functools.cache
+def server_settings(draft_model_path: str | None) -> GraftSettings:
+    """The settings of this process's GRAFT server: the environment is read once per process
+    (every later call returns the same object), calibrated defaults from
+    ``calibration.json`` in ``draft_model_path`` (a local head directory; none elsewhere).
+    Raises ValueError as ``from_env`` does (nothing is cached then)."""
+    return GraftSettings.from_env(calibration=load_calibration(draft_model_path))
+
+
+def _default_text(f: Any) -> str:
+    decl = f.metadata["setting"]
+    if decl.default_doc is not None:
+        return decl.default_doc
+    value = f.default
+    if value is None:
+        text = "none"
+    elif isinstance(value, bool):
+        text = str(int(value))
+    elif isinstance(value, tuple):
+        text = ",".join(str(v) for v in value)
+    else:
+        text = str(value)
+    return f"`{text}`"
+
+
+def settings_table(cls: type = GraftSettings) -> str:
+    """The markdown table of ``cls``'s settings (the README's), one row per declaration."""
+    rows = ["| variable | default | allowed | meaning |", "| --- | --- | --- | --- |"]
+    for f in declared_fields(cls):
+        decl = f.metadata["setting"]
+        rows.append(f"| `{env_name(f.name)}` | {_default_text(f)} | {decl.allowed} | "
+                    f"{decl.doc} |")
+    return "\n".join(rows) + "\n"

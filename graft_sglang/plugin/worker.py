@@ -22,30 +22,38 @@ graph (from the draft-extend's top-k, no pass needed): a batch that stops there 
 and drafts nothing; deeper checkpoints of a graph-replayed loop set each request's draft quota
 (masking) but save no pass. Each request's stage is recomputed from the candidate scores, so
 both paths split the budget identically.
+
+These rebindings and overrides are checked against SGLang's own signatures when a GRAFT server
+starts (``check_substitution_targets``), so an SGLang that changed them fails at start-up rather
+than mid-request.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import itertools
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 from sglang.srt.speculative import eagle_worker_v2
+from sglang.srt.speculative.base_spec_worker import BaseSpecWorker
 from sglang.srt.speculative.eagle_worker_v2 import EagleDraftWorker, EAGLEWorkerV2
 
-from graft_sglang.calibration import load_calibration
+from graft_sglang.plugin.algo import check_attention_backends
 from graft_sglang.plugin.checkpoints import (
     CheckpointedSelect,
     StopDrafting,
     capturing,
     level_stops,
 )
-from graft_sglang.plugin.radix_feed import RadixFeed
-from graft_sglang.plugin.settings import GraftSettings
+from graft_sglang.plugin.radix_feed import RadixFeed, vocabulary_tokens
+from graft_sglang.plugin.registration import TESTED_SGLANG
+from graft_sglang.plugin.settings import GraftSettings, server_settings
+from graft_sglang.plugin.tp import Broadcast, agree_settings, broadcast_flag
 from graft_sglang.plugin.verify_input import GraftVerifyInput, build_graft_verify_input
 from graft_sglang.proposer import GraftProposer
 from graft_sglang.retrieval.successor import SuccessorTable
@@ -53,7 +61,6 @@ from graft_sglang.retrieval.suffix import SuffixRetriever
 from graft_sglang.tree.builder import count_grafted
 
 logger = logging.getLogger(__name__)
-LOG_EVERY = 200  # steps between per-source acceptance log lines
 
 
 def all_candidates(
@@ -98,7 +105,7 @@ class GraftDraftWorker(EagleDraftWorker):
                 return super().draft_forward(forward_batch)
             select = CheckpointedSelect(eagle_worker_v2.select_top_k_tokens,
                                         self.speculative_num_steps, state.policy,
-                                        state.settings.stop_below)
+                                        state.settings.stop_below, state.all_stopped)
             try:
                 with substituted(eagle_worker_v2, select_top_k_tokens=select):
                     return super().draft_forward(forward_batch)
@@ -131,11 +138,18 @@ class GraftDraftWorker(EagleDraftWorker):
 
 class GraftState:
     """Per-worker Graft state: the proposer and its retrieval sources, the checkpoint policy,
-    request bookkeeping and the per-source acceptance counters."""
+    request bookkeeping and the per-source acceptance counters.
+
+    vocab_size: the target's vocabulary; token values outside it (multimodal pad values) never
+        enter the retrieval index, so no tree holds one (None: no filter).
+    broadcast:  the TP broadcast switch (``plugin/tp.py``): rank 0's trees and stop-drafting
+        decisions on every rank (None: each rank decides from its own, identical, inputs).
+    """
 
     def __init__(self, settings: GraftSettings, budget: int, vocab_size: int | None,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", broadcast: Broadcast | None = None) -> None:
         self.settings = settings
+        self.vocab_size = vocab_size
         self.policy = settings.stage_policy()
         self.retriever = (SuffixRetriever(settings.suffix_config())
                           if settings.retrieval in ("suffix", "both") else None)
@@ -146,9 +160,9 @@ class GraftState:
             successor = SuccessorTable(vocab_size, settings.successor_k, device=device)
         self.proposer = GraftProposer(settings.graft_config(budget, vocab_size), self.retriever,
                                       settings.retrieval_plan(budget), successor)
-        self.radix_feed = (RadixFeed(self.retriever)
+        self.radix_feed = (RadixFeed(self.retriever, vocab_size=vocab_size)
                            if settings.radix_feed and self.retriever is not None else None)
-        self.broadcast = _tp_broadcast() if settings.tp_broadcast else None
+        self.broadcast = broadcast
         self.indexed: dict[str, int] = {}  # rid -> tokens already in the retrieval index
         self.last_input: GraftVerifyInput | None = None
         self.steps = self.accepted_draft = self.accepted_grafted = 0
@@ -160,6 +174,12 @@ class GraftState:
         """Whether the draft loop may stop early (checkpoints, or graft's threshold)."""
         return self.policy is not None or self.settings.stop_below is not None
 
+    def all_stopped(self, stopped: torch.Tensor) -> bool:
+        """Whether the draft loop stops: stopped [bs] bool, the requests that need no deeper
+        level. One host read; with ``broadcast``, rank 0's answer on every rank."""
+        flag = stopped.all()
+        return bool(flag) if self.broadcast is None else broadcast_flag(flag, self.broadcast)
+
     def stops_at_root(self, draft_input: Any) -> bool:
         """Whether every request stops at level 0, judged from the draft input's top-k
         probabilities (the level-0 candidates' confidences) before any draft pass."""
@@ -168,23 +188,26 @@ class GraftState:
         best = draft_input.topk_p.amax(dim=1)
         _, stopped = level_stops(self.policy, self.settings.stop_below,
                                  torch.full_like(best, -1, dtype=torch.int64), 0, best)
-        return bool(stopped.all())
+        return self.all_stopped(stopped)
 
     def sync(self, reqs: Any) -> list[str]:
         """Bring every request's retrieval state up to its committed tokens (prompt + output;
-        complete in synchronous scheduling). Returns the batch's rids in order."""
+        complete in synchronous scheduling). The prompt is ``origin_input_ids_unpadded`` (as
+        SGLang's NGRAM reads it: the padded ids hold multimodal pad values), without any value
+        outside the vocabulary. Returns the batch's rids in order."""
         if self.retriever is None:
             return [req.rid for req in reqs]
         rids = []
         for req in reqs:
-            prompt_len = len(req.origin_input_ids)
+            prompt = req.origin_input_ids_unpadded
             done = self.indexed.get(req.rid)
             if done is None:
                 self.retriever.start_request(
-                    req.rid, [*req.origin_input_ids, *req.output_ids])
-            elif prompt_len + len(req.output_ids) > done:  # only the new tokens: O(step)
-                self.retriever.extend_request(req.rid, list(req.output_ids[done - prompt_len:]))
-            self.indexed[req.rid] = prompt_len + len(req.output_ids)
+                    req.rid, vocabulary_tokens([*prompt, *req.output_ids], self.vocab_size))
+            elif len(prompt) + len(req.output_ids) > done:  # only the new tokens: O(step)
+                self.retriever.extend_request(req.rid, vocabulary_tokens(
+                    req.output_ids[done - len(prompt):], self.vocab_size))
+            self.indexed[req.rid] = len(prompt) + len(req.output_ids)
             rids.append(req.rid)
         return rids
 
@@ -237,7 +260,7 @@ class GraftState:
             self.accepted_grafted += grafted
             self.accepted_draft += len(nodes) - grafted
         self.steps += 1
-        if self.steps % LOG_EVERY == 0:
+        if self.steps % self.settings.log_interval == 0:
             logger.info("graft: %d steps, accepted draft tokens %d, grafted %d (share %.3f)",
                         self.steps, self.accepted_draft, self.accepted_grafted,
                         self.grafted_share)
@@ -255,18 +278,39 @@ class GraftWorker(EAGLEWorkerV2):
                  target_worker: Any) -> None:
         # EAGLEWorkerV2 builds its draft worker by module-level name; the draft CUDA graphs are
         # captured later (Scheduler -> init_cuda_graphs), so they record GraftDraftWorker's loop.
+        from sglang.srt.runtime_context import get_parallel, get_spec
+
+        check_substitution_targets()  # this rank's SGLang (another node may run another)
         with substituted(eagle_worker_v2, EagleDraftWorker=GraftDraftWorker):
             super().__init__(server_args, gpu_id, nccl_port, target_worker)
-        # A head directory may carry its measured thresholds (bench/calibrate.py).
-        calibration = load_calibration(server_args.speculative_draft_model_path)
-        settings = GraftSettings.from_env(default_threshold=calibration.threshold,
-                                          default_stage_thresholds=calibration.stage_thresholds)
+        settings = server_settings(get_spec().speculative_draft_model_path)
+        group = get_parallel().tp_group
+        agree_settings(settings, group)
+        broadcast = (functools.partial(group.broadcast, src=0)
+                     if settings.tp_broadcast and group.world_size > 1 else None)
         vocab = getattr(target_worker.model_runner.model_config, "vocab_size", None)
-        self.graft = GraftState(settings, self.speculative_num_draft_tokens, vocab, self.device)
+        self.graft = GraftState(settings, self.speculative_num_draft_tokens, vocab, self.device,
+                                broadcast)
         if self._draft_worker is not None:
             self._draft_worker.graft = self.graft
         if self.graft.radix_feed is not None:
             self.graft.radix_feed.activate()
+
+    def init_attention_backends(self) -> None:
+        """SGLang's, then the check of the target's resolved attention backend (which SGLang
+        may have picked itself): it must verify a tree, i.e. read the verify mask. Raises
+        ValueError naming the flag otherwise."""
+        super().init_attention_backends()
+        runner = self.target_worker.model_runner
+        check_attention_backends((getattr(runner, "prefill_attention_backend_str", None),
+                                  getattr(runner, "decode_attention_backend_str", None)),
+                                 self.page_size)
+        mask = runner.attn_backend.verify_mask
+        if mask is not None and not mask.is_read:
+            raise ValueError(f"the target's attention backend "
+                             f"({type(runner.attn_backend).__name__}) does not read the verify "
+                             f"tree mask, so it verifies chains only; GRAFT needs a tree "
+                             f"backend: --attention-backend flashinfer, fa3 or triton")
 
     def forward_batch_generation(self, batch: Any, *args: Any, **kwargs: Any) -> Any:
         prefill = None
@@ -288,11 +332,96 @@ class GraftWorker(EAGLEWorkerV2):
         super().note_request_finished(rid=rid, natural_stop=natural_stop)
 
 
-def _tp_broadcast() -> Callable[[torch.Tensor], object] | None:
-    """In-place broadcast from TP rank 0 over SGLang's TP group (None without TP)."""
-    from sglang.srt.runtime_context import get_parallel
+def signature_mismatch(theirs: Callable, ours: Callable,
+                       bound: Sequence[str] = ()) -> str | None:
+    """Why ``ours`` cannot stand in for SGLang's ``theirs`` (None: it can). Positional
+    parameters are compared by count (SGLang passes them positionally), keyword-only ones by
+    name; ``bound``: our extra keyword-only parameters that are bound before the call."""
+    p = inspect.Parameter
+    a = list(inspect.signature(theirs).parameters.values())
+    b = list(inspect.signature(ours).parameters.values())
+    positional = (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    their_pos = [x for x in a if x.kind in positional]
+    our_pos = [x for x in b if x.kind in positional]
+    our_names = {x.name for x in b if x.kind != p.VAR_POSITIONAL}
+    our_var_pos = any(x.kind == p.VAR_POSITIONAL for x in b)
+    our_var_kw = any(x.kind == p.VAR_KEYWORD for x in b)
+    if len(our_pos) < len(their_pos) and not our_var_pos:
+        return f"{len(their_pos)} positional parameters, ours take {len(our_pos)}"
+    if any(x.default is p.empty for x in our_pos[len(their_pos):]):
+        return f"{len(their_pos)} positional parameters, ours need {len(our_pos)}"
+    missing = [x.name for x in a if x.kind == p.KEYWORD_ONLY and x.name not in our_names]
+    if missing and not our_var_kw:
+        return f"keyword parameter(s) {missing} that ours lack"
+    their_kw = {x.name for x in a if x.kind == p.KEYWORD_ONLY}
+    extra = [x.name for x in b if x.kind == p.KEYWORD_ONLY and x.default is p.empty
+             and x.name not in their_kw and x.name not in bound]
+    if extra:
+        return f"no keyword parameter(s) {extra} that ours need"
+    return None
 
-    group = get_parallel().tp_group
-    if group.world_size == 1:
-        return None
-    return lambda tensor: group.broadcast(tensor, src=0)
+
+def _callers() -> tuple[tuple[Callable, str], ...]:
+    """(SGLang function, what it must call by that name) for each rebinding: module-level
+    names, the draft worker's graph runner attribute, its overridden ``draft_forward``."""
+    return ((EagleDraftWorker.draft_forward, "organize_draft_results"),
+            (EagleDraftWorker.draft_forward, "select_top_k_tokens"),
+            (EagleDraftWorker.draft, "build_eagle_verify_input"),
+            (EagleDraftWorker.draft, "self.cuda_graph_runner.execute"),
+            (EagleDraftWorker.draft, "self.draft_forward"),
+            (EAGLEWorkerV2.__init__, "EagleDraftWorker"))
+
+
+def _stand_ins() -> tuple[tuple[str, Callable, Callable, tuple[str, ...]], ...]:
+    """(name, SGLang's, ours, our bound keyword parameters) for each rebinding and override."""
+    return (
+        ("eagle_worker_v2.organize_draft_results", eagle_worker_v2.organize_draft_results,
+         all_candidates, ()),
+        ("eagle_worker_v2.build_eagle_verify_input", eagle_worker_v2.build_eagle_verify_input,
+         build_graft_verify_input, ("proposer", "rids", "broadcast", "policy")),
+        ("eagle_worker_v2.select_top_k_tokens", eagle_worker_v2.select_top_k_tokens,
+         functools.partial(CheckpointedSelect.__call__, None), ()),  # bound to its instance
+        ("EagleDraftWorker.draft_forward", EagleDraftWorker.draft_forward,
+         GraftDraftWorker.draft_forward, ()),
+        ("EagleDraftWorker.draft", EagleDraftWorker.draft, GraftDraftWorker.draft, ()),
+        ("EAGLEWorkerV2.__init__", EAGLEWorkerV2.__init__, GraftWorker.__init__, ()),
+        ("EAGLEWorkerV2.forward_batch_generation", EAGLEWorkerV2.forward_batch_generation,
+         GraftWorker.forward_batch_generation, ()),
+        ("EAGLEWorkerV2.note_request_finished", EAGLEWorkerV2.note_request_finished,
+         GraftWorker.note_request_finished, ()),
+        ("BaseSpecWorker.init_attention_backends", BaseSpecWorker.init_attention_backends,
+         GraftWorker.init_attention_backends, ()),
+    )
+
+
+def substitution_problems() -> list[str]:
+    """Where this SGLang no longer matches what this module rebinds and overrides (empty for
+    SGLang 0.5.23): a caller that stopped calling a rebound name, or a signature ours does not
+    fit. Cost: reads the source of three SGLang functions."""
+    problems = []
+    for caller, name in _callers():
+        try:
+            calls = f"{name}(" in inspect.getsource(caller)
+        except (OSError, TypeError) as err:
+            problems.append(f"cannot read {caller.__qualname__}'s source ({err})")
+            continue
+        if not calls:
+            problems.append(f"{caller.__qualname__} no longer calls {name}()")
+    for name, theirs, ours, bound in _stand_ins():
+        why = signature_mismatch(theirs, ours, bound)
+        if why is not None:
+            problems.append(f"{name} takes {why}")
+    return problems
+
+
+def check_substitution_targets() -> None:
+    """Refuse to start GRAFT on an SGLang whose rebound functions or overridden methods changed
+    (RuntimeError naming them and both SGLang versions)."""
+    problems = substitution_problems()
+    if problems:
+        import sglang
+
+        raise RuntimeError(
+            f"GRAFT plugs into SGLang {TESTED_SGLANG}; this SGLang "
+            f"({getattr(sglang, '__version__', 'unknown')}) differs where it plugs in: "
+            + "; ".join(problems))
