@@ -8,13 +8,14 @@ export HF_HUB_OFFLINE = 1
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 export TOKENIZERS_PARALLELISM = false
 
-.PHONY: demo test lint bench calibrate bench-offline venv clean
+.PHONY: demo test lint bench bench-serving calibrate bench-offline venv clean
 
 venv:
 	@echo "venv: $(VENV)"
 
+# SGLang's own server on this CPU: plain, EAGLE3, NGRAM and GRAFT, SGLang's serving benchmark.
 demo:
-	$(PY) -m graft_sglang.engine.demo
+	$(PY) -m bench.demo
 
 test:
 	@$(PY) -m ruff check .
@@ -26,6 +27,10 @@ lint:
 
 bench:
 	$(PY) -m bench.tree_build
+
+# The serving recipe on this CPU: every workload x method x concurrency 1 / 2 / 4.
+bench-serving:
+	$(PY) -m bench.serving.run --device cpu --out bench/results/serving-cpu
 
 # Thresholds of graft / graft-paper for the shipped head, measured on calibration prompts
 # (written to the head's calibration.json, the default of the engine and the plugin).

@@ -1,4 +1,6 @@
-"""Argument handling and command construction of the serving benchmark (it needs GPUs to run)."""
+"""The serving benchmark's argument handling, commands and bookkeeping (its real runs against
+CPU servers are ``make demo`` / ``make bench-serving``; the servers themselves are tested in
+test_server_cpu.py)."""
 
 from __future__ import annotations
 
@@ -7,26 +9,29 @@ from pathlib import Path
 import pytest
 
 from bench.serving.run import (
+    Run,
     bench_command,
-    main,
+    compare_with_plain,
+    measure,
     parse_args,
-    server_command,
+    server_args,
     server_env,
-    summarize,
     table,
-    write_dataset,
+    write_workload,
 )
 
-BASE = ["--target", "t", "--draft", "d"]
+ZERO = {"spec_accept_tokens": 0.0, "spec_verify_steps": 0.0,
+        "graft_accepted_draft_tokens": 0.0, "graft_accepted_grafted_tokens": 0.0}
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--target", "t"], "--draft is required"),
-    ([*BASE, "--topk", "1"], "--topk must be >= 2 for GRAFT"),
-    ([*BASE, "--steps", "2", "--topk", "2", "--draft-tokens", "8"], "--draft-tokens must be <= 7"),
-    ([*BASE, "--concurrency", "0"], "must be >= 1"),
-    ([*BASE, "--methods", "MEDUSA"], "invalid choice"),
-    ([*BASE, "--graft-env", "THRESHOLD=0.1"], "SGLANG_GRAFT_NAME=VALUE"),
+    (["--device", "gpu"], "--target is required"),
+    (["--device", "gpu", "--target", "t"], "--draft is required"),
+    (["--topk", "1"], "--topk must be >= 2 for GRAFT"),
+    (["--steps", "2", "--topk", "2", "--draft-tokens", "8"], "--draft-tokens must be <= 7"),
+    (["--concurrency", "0"], "must be >= 1"),
+    (["--methods", "MEDUSA"], "invalid choice"),
+    (["--graft-env", "THRESHOLD=0.1"], "SGLANG_GRAFT_NAME=VALUE"),
 ])
 def test_bad_arguments_refused(argv: list[str], message: str, capsys) -> None:
     with pytest.raises(SystemExit):
@@ -34,57 +39,68 @@ def test_bad_arguments_refused(argv: list[str], message: str, capsys) -> None:
     assert message in capsys.readouterr().err
 
 
-def test_ngram_alone_needs_no_draft() -> None:
-    args = parse_args(["--target", "t", "--methods", "ngram", "--topk", "1"])
-    assert args.methods == ["NGRAM"]
-    cmd = server_command("NGRAM", args)
-    assert "--speculative-draft-model-path" not in cmd
-    assert cmd[cmd.index("--speculative-num-draft-tokens") + 1] == "32"
-
-
-def test_commands(tmp_path, monkeypatch) -> None:
-    monkeypatch.setenv("SGLANG_GRAFT_THRESHOLD", "0.3")  # never leaks into other servers
-    args = parse_args([*BASE, "--tp", "8", "--eagle3-topk", "4", "--server-args", "--foo 1",
-                       "--graft-env", "SGLANG_GRAFT_THRESHOLD=0.05"])
-    graft = server_command("GRAFT", args)
+def test_server_arguments_per_method() -> None:
+    args = parse_args(["--tp", "2", "--server-args", "--foo 1", "--graft-env",
+                       "SGLANG_GRAFT_MODE=graft-paper"])
+    assert "--speculative-algorithm" not in server_args("PLAIN", args)
+    ngram = server_args("NGRAM", args)
+    assert ngram[ngram.index("--speculative-num-draft-tokens") + 1] == "8"
+    assert "--speculative-eagle-topk" not in ngram
+    graft = server_args("GRAFT", args)
     assert graft[graft.index("--speculative-algorithm") + 1] == "GRAFT"
-    assert graft[graft.index("--tp-size") + 1] == "8"
-    assert "--disable-overlap-schedule" in graft and graft[-2:] == ["--foo", "1"]
-    eagle = server_command("EAGLE3", args)
-    assert eagle[eagle.index("--speculative-eagle-topk") + 1] == "4"
-    assert server_env("GRAFT", args)["SGLANG_GRAFT_THRESHOLD"] == "0.05"
-    assert "SGLANG_GRAFT_THRESHOLD" not in server_env("EAGLE3", args)
-    cmd = bench_command(tmp_path / "d.jsonl", "longctx", 32, args, tmp_path / "o.jsonl")
-    assert cmd[cmd.index("--max-concurrency") + 1] == "32"
-    assert cmd[cmd.index("--sharegpt-output-len") + 1] == "512"
+    assert graft[graft.index("--tp-size") + 1] == "2" and graft[-2:] == ["--foo", "1"]
+    assert "--model-path" not in graft  # on cpu: the launcher's embedded model
+    gpu = parse_args(["--device", "gpu", "--target", "t", "--draft", "d"])
+    eagle = server_args("EAGLE3", gpu)
+    assert eagle[eagle.index("--model-path") + 1] == "t"
+    assert eagle[eagle.index("--speculative-draft-model-path") + 1] == "d"
+    assert server_env("GRAFT", args) == {"SGLANG_GRAFT_MODE": "graft-paper"}
+    assert server_env("EAGLE3", args) == {}
 
 
-def test_dry_run_prints_every_command(capsys) -> None:
-    main([*BASE, "--dry-run", "--concurrency", "1", "8"])
-    out = capsys.readouterr().out
-    assert out.count("sglang.launch_server") == 3
-    assert out.count("sglang.benchmark.serving") == 3 * 2 * 2
+def test_bench_command_is_greedy_without_warmup(tmp_path: Path) -> None:
+    args = parse_args(["--output-len", "40"])
+    cmd = bench_command(1234, tmp_path / "d.jsonl", 4, args, tmp_path / "o.jsonl")
+    assert cmd[cmd.index("--max-concurrency") + 1] == "4"
+    assert cmd[cmd.index("--sharegpt-output-len") + 1] == "40"
+    assert cmd[cmd.index("--temperature") + 1] == "0"
+    assert cmd[cmd.index("--warmup-requests") + 1] == "0"
+    assert "--output-details" in cmd
 
 
-def test_summary_and_table() -> None:
-    row = summarize("GRAFT", "mtbench", 8, {"output_throughput": 1000.0, "mean_tpot_ms": 5.0,
-                                              "accept_length": 3.5},
-                    {"graft_accepted_draft_tokens": 10, "graft_accepted_grafted_tokens": 0},
-                    {"graft_accepted_draft_tokens": 40, "graft_accepted_grafted_tokens": 10})
-    assert row["grafted_share"] == 0.25
-    assert "| GRAFT | mtbench | 8 | 1000.0 | 5.00 | 3.50 | 0.250 |" in table([row])
+def test_accept_length_and_share_from_counters() -> None:
+    after = {"spec_accept_tokens": 300.0, "spec_verify_steps": 100.0,
+             "graft_accepted_draft_tokens": 30.0, "graft_accepted_grafted_tokens": 10.0}
+    run = measure("GRAFT", "mtbench", 1, {"output_throughput": 12.5,
+                                          "generated_texts": ["a", "b"]}, ZERO, after)
+    assert run.accept_length == 3.0 and run.grafted_share == 0.25
+    eagle = measure("EAGLE3", "mtbench", 1, {"output_throughput": 9.0}, ZERO, after)
+    assert eagle.grafted_share is None
+    plain = measure("PLAIN", "mtbench", 1, {"output_throughput": 10.0}, ZERO, ZERO)
+    assert plain.accept_length == 1.0
 
 
-def test_dataset_file_is_sglang_custom_jsonl(tmp_path: Path) -> None:
+def test_identity_and_table() -> None:
+    runs = [Run("PLAIN", "code-edit", 1, 10.0, 1.0, None, ["x", "y"]),
+            Run("GRAFT", "code-edit", 1, 15.0, 3.0, 0.5, ["x", "y"]),
+            Run("NGRAM", "code-edit", 1, 11.0, 2.0, None, ["x", "z"]),
+            Run("EAGLE3", "code-edit", 2, 9.0, 2.0, None, ["x", "y"])]
+    compare_with_plain(runs)
+    assert [r.identical_to_plain for r in runs] == [True, True, False, None]
+    text = table([r.row() for r in runs])
+    assert "| GRAFT | code-edit | 1 | 3.00 | 15.0 | 1.50x | 0.50 | yes |" in text
+    assert "| NGRAM | code-edit | 1 | 2.00 | 11.0 | 1.10x | - | NO |" in text
+
+
+def test_workload_file_is_sglang_custom_jsonl(tmp_path: Path) -> None:
     """SGLang's own custom-dataset reader accepts the file (first turn = our prompt)."""
     from sglang.benchmark.datasets.custom import sample_custom_requests
     from transformers import AutoTokenizer
 
-    from graft_sglang.engine.model import DEFAULT_MODEL, cache_dir, load_model
+    from graft_sglang.cpu.launch_server import embedded_model_dir
 
-    if not (cache_dir() / "models" / DEFAULT_MODEL).is_dir():
-        load_model()
-    tok = AutoTokenizer.from_pretrained(str(cache_dir() / "models" / DEFAULT_MODEL))
-    path = write_dataset("mtbench", tmp_path / "mtbench.jsonl")
-    rows = sample_custom_requests(str(path), 5, tok, fixed_output_len=64)
-    assert len(rows) == 5 and all(r.output_len == 64 for r in rows)
+    tok = AutoTokenizer.from_pretrained(str(embedded_model_dir()))
+    path = write_workload("code-edit", tmp_path / "code-edit.jsonl")
+    rows = sample_custom_requests(str(path), 3, tok, fixed_output_len=64)
+    assert len(rows) == 3 and all(r.output_len == 64 for r in rows)
+    assert all("Here is a Python function" in r.prompt for r in rows)

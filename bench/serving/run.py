@@ -1,30 +1,37 @@
-"""Serving benchmark: EAGLE-3 vs NGRAM vs GRAFT in stock SGLang, same target, same prompts.
+"""Serving benchmark: plain decoding vs EAGLE3 vs NGRAM vs GRAFT in stock SGLang, side by side.
 
-For each method this launches ``python -m sglang.launch_server``, runs
-``python -m sglang.benchmark.serving`` on each dataset at each concurrency, reads SGLang's result
-line (throughput, TPOT, accept length) and the GRAFT counters from ``/server_info``, stops the
-server, and writes ``results.jsonl`` and ``table.md`` under ``--out``. Needs GPUs; see
-``bench/serving/README.md`` for the commands. ``--dry-run`` prints the commands only.
+For each method and concurrency a fresh server starts (``--device cpu``: this repository's CPU
+launcher, ``graft_sglang.cpu.launch_server``; ``--device gpu``: ``python -m
+sglang.launch_server``), SGLang's own ``python -m sglang.benchmark.serving`` runs every workload
+against it (``custom`` JSONL datasets written from ``graft_sglang.datasets``, greedy, fixed
+output length, no warm-up request: a warm-up would hand the first prompt's answer to every
+method that retrieves), and the server is ended. Per run it records output tokens/s, the accept
+length and GRAFT's grafted share and draft stops (both from ``/server_info`` counters read
+before and after the run), and whether every generated text equals plain decoding's. Results:
+``results.json`` (``{"server", "rows"}``), ``table.md`` and ``tokens_per_s.png`` under ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
-import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-METHODS = ("EAGLE3", "NGRAM", "GRAFT")
-DATASETS = ("mtbench", "longctx")
-OUTPUT_LEN = {"mtbench": 256, "longctx": 512}
-GRAFT_COUNTERS = ("graft_accepted_draft_tokens", "graft_accepted_grafted_tokens")
+from graft_sglang.datasets import DATASETS, load
+from graft_sglang.server_process import CPU_LAUNCHER, GPU_LAUNCHER, ServerProcess
+
+METHODS = ("PLAIN", "EAGLE3", "NGRAM", "GRAFT")
+TREE_METHODS = ("EAGLE3", "GRAFT")
+# Counters of /server_info's internal state read around each run (summed over ranks: rank 0's).
+COUNTERS = ("spec_accept_tokens", "spec_verify_steps", "graft_accepted_draft_tokens",
+            "graft_accepted_grafted_tokens")
 
 
 def _positive(text: str) -> int:
@@ -34,75 +41,85 @@ def _positive(text: str) -> int:
     return value
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--target", required=True, help="target model path or HF id")
-    p.add_argument("--draft", help="EAGLE-3 head path or HF id (needed by EAGLE3 and GRAFT)")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
+                   help="cpu: graft_sglang.cpu.launch_server; gpu: sglang.launch_server")
+    p.add_argument("--target", help="target model (default on cpu: the embedded model)")
+    p.add_argument("--draft", help="EAGLE-3 head for EAGLE3 and GRAFT (default on cpu: the "
+                   "shipped head)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), type=str.upper,
                    choices=METHODS)
-    p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
-    p.add_argument("--concurrency", nargs="+", type=_positive, default=[1, 8, 32])
-    p.add_argument("--num-prompts", type=_positive, default=80,
-                   help="prompts per (dataset, concurrency) run")
+    p.add_argument("--workloads", nargs="+", default=list(DATASETS), choices=DATASETS)
+    p.add_argument("--concurrency", nargs="+", type=_positive, default=[1, 2, 4])
+    p.add_argument("--num-prompts", type=_positive, default=4,
+                   help="prompts per (workload, concurrency) run")
+    p.add_argument("--output-len", type=_positive, default=96, help="new tokens per request")
     p.add_argument("--tp", type=_positive, default=1, help="--tp-size of every server")
-    p.add_argument("--steps", type=_positive, default=5, help="--speculative-num-steps")
-    p.add_argument("--topk", type=_positive, default=8, help="--speculative-eagle-topk")
-    p.add_argument("--draft-tokens", type=_positive, default=32,
-                   help="--speculative-num-draft-tokens (N)")
-    p.add_argument("--eagle3-topk", type=_positive, default=None,
-                   help="EAGLE3's own --speculative-eagle-topk (default: --topk)")
+    p.add_argument("--steps", type=_positive, default=3, help="--speculative-num-steps")
+    p.add_argument("--topk", type=_positive, default=4, help="--speculative-eagle-topk")
+    p.add_argument("--draft-tokens", type=_positive, default=8,
+                   help="--speculative-num-draft-tokens (N), for every speculative method")
     p.add_argument("--graft-env", nargs="*", default=[], metavar="SGLANG_GRAFT_X=V",
-                   help="Graft settings for the GRAFT server (see README)")
-    p.add_argument("--port", type=_positive, default=30000)
+                   help="Graft settings for the GRAFT server")
     p.add_argument("--server-args", default="", help="extra launch_server arguments, quoted")
+    p.add_argument("--seed", type=int, default=1, help="the benchmark's prompt-order seed")
     p.add_argument("--startup-timeout", type=_positive, default=1800, help="seconds")
-    p.add_argument("--out", type=Path, default=Path("bench/results/serving"))
+    p.add_argument("--out", type=Path, default=Path("bench/results/serving-cpu"))
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
-    args = p.parse_args(argv)
-    if {"EAGLE3", "GRAFT"} & set(args.methods) and not args.draft:
-        p.error("--draft is required for EAGLE3 and GRAFT")
+
+
+def check_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.device == "gpu" and args.target is None:
+        p.error("--target is required with --device gpu")
+    if args.device == "gpu" and set(TREE_METHODS) & set(args.methods) and not args.draft:
+        p.error("--draft is required for EAGLE3 and GRAFT with --device gpu")
     if "GRAFT" in args.methods and args.topk < 2:
         p.error(f"--topk must be >= 2 for GRAFT, got {args.topk}")
     limit = 1 + args.topk + (args.steps - 1) * args.topk ** 2
-    if {"EAGLE3", "GRAFT"} & set(args.methods) and args.draft_tokens > limit:
+    if set(TREE_METHODS) & set(args.methods) and args.draft_tokens > limit:
         p.error(f"--draft-tokens must be <= {limit} for --steps {args.steps} and --topk "
                 f"{args.topk}, got {args.draft_tokens}")
     for item in args.graft_env:
         key, sep, _ = item.partition("=")
         if not sep or not key.startswith("SGLANG_GRAFT_"):
             p.error(f"--graft-env takes SGLANG_GRAFT_NAME=VALUE items, got {item!r}")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_arguments(p)
+    args = p.parse_args(argv)
+    check_arguments(p, args)
     return args
 
 
-def server_command(method: str, args: argparse.Namespace) -> list[str]:
-    cmd = [sys.executable, "-m", "sglang.launch_server", "--model-path", args.target,
-           "--tp-size", str(args.tp), "--port", str(args.port),
-           "--speculative-algorithm", method]
+def server_args(method: str, args: argparse.Namespace) -> list[str]:
+    """``launch_server`` arguments of one method (the same tree size for every method)."""
+    out = ["--tp-size", str(args.tp)]
+    if args.target:
+        out += ["--model-path", args.target]
     if method == "NGRAM":
-        cmd += ["--speculative-num-draft-tokens", str(args.draft_tokens)]
-    else:
-        topk = (args.eagle3_topk or args.topk) if method == "EAGLE3" else args.topk
-        cmd += ["--speculative-draft-model-path", args.draft,
-                "--speculative-num-steps", str(args.steps),
-                "--speculative-eagle-topk", str(topk),
+        out += ["--speculative-algorithm", "NGRAM",
                 "--speculative-num-draft-tokens", str(args.draft_tokens)]
-    if method == "GRAFT":
-        cmd += ["--disable-overlap-schedule"]
-    return cmd + shlex.split(args.server_args)
+    elif method in TREE_METHODS:
+        out += ["--speculative-algorithm", method, "--speculative-num-steps", str(args.steps),
+                "--speculative-eagle-topk", str(args.topk),
+                "--speculative-num-draft-tokens", str(args.draft_tokens)]
+        if args.draft:
+            out += ["--speculative-draft-model-path", args.draft]
+    return out + shlex.split(args.server_args)
 
 
 def server_env(method: str, args: argparse.Namespace) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SGLANG_GRAFT_")}
-    if method == "GRAFT":
-        env.update(item.split("=", 1) for item in args.graft_env)
-    return env
+    """``--graft-env`` settings, for the GRAFT server only."""
+    if method != "GRAFT":
+        return {}
+    return dict(item.split("=", 1) for item in args.graft_env)
 
 
-def write_dataset(name: str, path: Path) -> Path:
-    """The prompts as SGLang's ``custom`` JSONL (a user turn and an empty assistant turn; the
+def write_workload(name: str, path: Path) -> Path:
+    """A workload as SGLang's ``custom`` JSONL (a user turn and an empty assistant turn; the
     output length is fixed by ``--sharegpt-output-len``)."""
-    from graft_sglang.datasets import load
-
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as f:
         for row in load(name):
@@ -112,101 +129,175 @@ def write_dataset(name: str, path: Path) -> Path:
     return path
 
 
-def bench_command(dataset: Path, name: str, concurrency: int, args: argparse.Namespace,
+def bench_command(port: int, dataset: Path, concurrency: int, args: argparse.Namespace,
                   output: Path) -> list[str]:
     return [sys.executable, "-m", "sglang.benchmark.serving", "--backend", "sglang",
-            "--port", str(args.port), "--dataset-name", "custom", "--dataset-path", str(dataset),
-            "--num-prompts", str(args.num_prompts), "--max-concurrency", str(concurrency),
-            "--sharegpt-output-len", str(OUTPUT_LEN[name]), "--apply-chat-template",
-            "--output-file", str(output)]
+            "--host", "127.0.0.1", "--port", str(port), "--dataset-name", "custom",
+            "--dataset-path", str(dataset), "--num-prompts", str(args.num_prompts),
+            "--max-concurrency", str(concurrency), "--sharegpt-output-len",
+            str(args.output_len), "--apply-chat-template", "--temperature", "0",
+            "--warmup-requests", "0", "--seed", str(args.seed), "--disable-tqdm",
+            "--output-details", "--output-file", str(output)]
 
 
-def _get_json(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=30) as response:
-        return json.loads(response.read())
+def counters(server: ServerProcess) -> dict[str, float]:
+    state = (server.internal_states() or [{}])[0]
+    return {k: float(state.get(k, 0) or 0) for k in COUNTERS}
 
 
-def wait_for_server(port: int, timeout: int, server: subprocess.Popen) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"the server exited with status {server.returncode}")
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health_generate", timeout=10)
-            return
-        except OSError:
-            time.sleep(5)
-    raise TimeoutError(f"the server did not come up within {timeout} s")
+@dataclass
+class Run:
+    """One (method, workload, concurrency) measurement."""
+
+    method: str
+    workload: str
+    concurrency: int
+    tokens_per_s: float
+    accept_length: float | None
+    grafted_share: float | None
+    texts: list[str]
+    identical_to_plain: bool | None = None
+
+    def row(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if k != "texts"}
 
 
-def graft_counters(port: int) -> dict[str, int]:
-    states = _get_json(f"http://127.0.0.1:{port}/server_info").get("internal_states") or [{}]
-    return {k: int(states[0].get(k, 0)) for k in GRAFT_COUNTERS}
+def measure(method: str, workload: str, concurrency: int, result: dict[str, Any],
+            before: dict[str, float], after: dict[str, float]) -> Run:
+    """A ``Run`` from SGLang's result line and the counters around it."""
+    delta = {k: after[k] - before[k] for k in COUNTERS}
+    accept = (delta["spec_accept_tokens"] / delta["spec_verify_steps"]
+              if delta["spec_verify_steps"] > 0 else (None if method != "PLAIN" else 1.0))
+    grafted = delta["graft_accepted_grafted_tokens"]
+    accepted = grafted + delta["graft_accepted_draft_tokens"]
+    share = grafted / accepted if method == "GRAFT" and accepted > 0 else None
+    return Run(method, workload, concurrency, float(result["output_throughput"]), accept,
+               share, list(result.get("generated_texts") or []))
 
 
-def summarize(method: str, name: str, concurrency: int, result: dict,
-              before: dict[str, int], after: dict[str, int]) -> dict:
-    """One table row from SGLang's result line and the GRAFT counters around the run."""
-    draft, grafted = (after[k] - before[k] for k in GRAFT_COUNTERS)
-    return {"method": method, "dataset": name, "concurrency": concurrency,
-            "output_throughput": result["output_throughput"],
-            "mean_tpot_ms": result["mean_tpot_ms"], "accept_length": result.get("accept_length"),
-            "grafted_share": grafted / (draft + grafted) if draft + grafted else None}
+def compare_with_plain(runs: list[Run]) -> None:
+    """Set ``identical_to_plain`` where a PLAIN run of the same workload and concurrency exists."""
+    plain = {(r.workload, r.concurrency): r.texts for r in runs if r.method == "PLAIN"}
+    for r in runs:
+        ref = plain.get((r.workload, r.concurrency))
+        if ref is not None:
+            r.identical_to_plain = r.texts == ref and len(ref) > 0
 
 
-def table(rows: list[dict]) -> str:
-    head = "| method | dataset | conc. | tok/s | TPOT ms | accept len | grafted share |"
-    lines = [head, "|" + "---|" * 7]
+def run_method(method: str, concurrency: int, args: argparse.Namespace,
+               data: dict[str, Path], log=print) -> list[Run]:
+    """Start one server, run every workload at ``concurrency``, end the server."""
+    launcher = CPU_LAUNCHER if args.device == "cpu" else GPU_LAUNCHER
+    logs = args.out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    server = ServerProcess(server_args(method, args), env=server_env(method, args),
+                           log_path=logs / f"server_{method}_c{concurrency}.log",
+                           startup_timeout=args.startup_timeout, launcher=launcher)
+    started = time.monotonic()
+    runs = []
+    with server:
+        log(f"[serving] {method} c={concurrency}: server up in "
+            f"{time.monotonic() - started:.0f} s")
+        for workload, path in data.items():
+            raw = args.out / "raw" / f"{method}_{workload}_c{concurrency}.jsonl"
+            raw.parent.mkdir(parents=True, exist_ok=True)
+            raw.unlink(missing_ok=True)
+            before = counters(server)
+            t0 = time.monotonic()
+            with open(logs / f"bench_{method}_{workload}_c{concurrency}.log", "w") as out:
+                subprocess.run(bench_command(server.port, path, concurrency, args, raw),
+                               check=True, stdout=out, stderr=subprocess.STDOUT)
+            result = json.loads(raw.read_text().splitlines()[-1])
+            run = measure(method, workload, concurrency, result, before, counters(server))
+            runs.append(run)
+            accept = "-" if run.accept_length is None else f"{run.accept_length:.2f}"
+            log(f"[serving] {method} {workload} c={concurrency}: {run.tokens_per_s:.1f} tok/s,"
+                f" accept {accept} ({time.monotonic() - t0:.0f} s)")
+    return runs
+
+
+def server_version() -> str:
+    from importlib.metadata import version
+
+    return f"sglang {version('sglang')}"
+
+
+def table(rows: Sequence[dict[str, Any]]) -> str:
+    """Markdown: one line per run, speedup against plain decoding of the same cell."""
+    plain = {(r["workload"], r["concurrency"]): r["tokens_per_s"]
+             for r in rows if r["method"] == "PLAIN"}
+    head = ("| method | workload | conc. | accept length | tok/s | speedup vs plain | "
+            "grafted share | identical to plain |")
+    lines = [head, "|" + "---|" * 8]
     for r in rows:
+        base = plain.get((r["workload"], r["concurrency"]))
+        speed = f"{r['tokens_per_s'] / base:.2f}x" if base else "-"
         accept = "-" if r["accept_length"] is None else f"{r['accept_length']:.2f}"
-        share = "-" if r["grafted_share"] is None else f"{r['grafted_share']:.3f}"
-        lines.append(f"| {r['method']} | {r['dataset']} | {r['concurrency']} | "
-                     f"{r['output_throughput']:.1f} | {r['mean_tpot_ms']:.2f} | {accept} | "
-                     f"{share} |")
+        share = "-" if r["grafted_share"] is None else f"{r['grafted_share']:.2f}"
+        same = {True: "yes", False: "NO", None: "-"}[r["identical_to_plain"]]
+        lines.append(f"| {r['method']} | {r['workload']} | {r['concurrency']} | {accept} | "
+                     f"{r['tokens_per_s']:.1f} | {speed} | {share} | {same} |")
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> list[dict]:
-    data = {name: args.out / "data" / f"{name}.jsonl" for name in args.datasets}
-    rows = []
-    for method in args.methods:
-        command = server_command(method, args)
-        print("$", shlex.join(command), flush=True)
-        if args.dry_run:
-            for name, conc in ((n, c) for n in args.datasets for c in args.concurrency):
-                print("$", shlex.join(bench_command(data[name], name, conc, args,
-                                                    args.out / "raw.jsonl")))
-            continue
-        for name, path in data.items():
-            if not path.exists():
-                write_dataset(name, path)
-        server = subprocess.Popen(command, env=server_env(method, args), start_new_session=True)
-        try:
-            wait_for_server(args.port, args.startup_timeout, server)
-            for name in args.datasets:
-                for conc in args.concurrency:
-                    raw = args.out / f"raw_{method}_{name}_c{conc}.jsonl"
-                    before = graft_counters(args.port)
-                    subprocess.run(bench_command(data[name], name, conc, args, raw), check=True)
-                    result = json.loads(raw.read_text().splitlines()[-1])
-                    rows.append(summarize(method, name, conc, result, before,
-                                          graft_counters(args.port)))
-                    print(table(rows[-1:]), flush=True)
-        finally:
-            os.killpg(server.pid, signal.SIGTERM)  # the server's own process group
-            server.wait()
-    return rows
+def plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
+    """Grouped bars: tokens/s per (workload, concurrency), one bar per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = sorted({(r["workload"], r["concurrency"]) for r in rows},
+                   key=lambda c: (DATASETS.index(c[0]) if c[0] in DATASETS else 99, c[1]))
+    methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
+    width = 0.8 / max(1, len(methods))
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(cells)), 4))
+    for i, m in enumerate(methods):
+        values = [next((r["tokens_per_s"] for r in rows if r["method"] == m
+                        and (r["workload"], r["concurrency"]) == c), 0.0) for c in cells]
+        ax.bar([j + i * width for j in range(len(cells))], values, width, label=m)
+    ax.set_xticks([j + width * (len(methods) - 1) / 2 for j in range(len(cells))])
+    ax.set_xticklabels([f"{w}\nc={c}" for w, c in cells])
+    ax.set_ylabel("output tokens/s")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run(args: argparse.Namespace, log=print) -> list[Run]:
+    data = {w: write_workload(w, args.out / "data" / f"{w}.jsonl") for w in args.workloads}
+    runs: list[Run] = []
+    for concurrency in args.concurrency:
+        for method in args.methods:
+            if args.dry_run:
+                print("$", shlex.join(["python", "-m", CPU_LAUNCHER if args.device == "cpu"
+                                       else GPU_LAUNCHER, *server_args(method, args)]))
+                for path in data.values():
+                    print("$", shlex.join(bench_command(0, path, concurrency, args,
+                                                        Path("raw.jsonl"))))
+                continue
+            runs.extend(run_method(method, concurrency, args, data, log))
+    compare_with_plain(runs)
+    return runs
+
+
+def write_results(rows: list[dict[str, Any]], out: Path, key: str = "rows",
+                  title: str = "SGLang serving benchmark") -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({"server": server_version(), key: rows},
+                                                 indent=1) + "\n")
+    (out / "table.md").write_text(table(rows) + "\n")
+    plot(rows, out / "tokens_per_s.png", title)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    rows = run(args)
-    if rows:
-        args.out.mkdir(parents=True, exist_ok=True)
-        with (args.out / "results.jsonl").open("a") as f:
-            for row in rows:
-                f.write(json.dumps(row) + "\n")
-        (args.out / "table.md").write_text(table(rows) + "\n")
+    runs = run(args)
+    if runs:
+        rows = [r.row() for r in runs]
+        write_results(rows, args.out)
         print(table(rows))
 
 

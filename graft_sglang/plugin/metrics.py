@@ -28,7 +28,15 @@ def graft_metrics(graft: Any) -> dict[str, float | int]:
 
 
 def add_graft_metrics(result: Any, controller: Any, state: dict[str, Any]) -> Any:
-    graft = getattr(getattr(controller.scheduler, "draft_worker", None), "graft", None)
+    """Also, for every speculative algorithm (the plugin loads in every SGLang server), the raw
+    counters behind ``avg_spec_accept_length``, so that a benchmark can take the accept length
+    of one run from their difference: ``spec_accept_tokens`` and ``spec_verify_steps``."""
+    scheduler = controller.scheduler
+    reporter = getattr(scheduler, "metrics_reporter", None)
+    if reporter is not None and not scheduler.spec_algorithm.is_none():
+        state["spec_accept_tokens"] = int(reporter.spec_total_num_accept_tokens)
+        state["spec_verify_steps"] = int(reporter.spec_total_num_forward_ct)
+    graft = getattr(getattr(scheduler, "draft_worker", None), "graft", None)
     if graft is not None:
         state.update(graft_metrics(graft))
     return result
