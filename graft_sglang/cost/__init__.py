@@ -1,0 +1,22 @@
+"""Cost-aware Graft: step costs, expected accepted length, and the per-step decisions."""
+
+from graft_sglang.cost.acceptance import (
+    ScoreCalibration,
+    expected_tokens,
+    fit_isotonic,
+    reach_probabilities,
+)
+from graft_sglang.cost.decision import (
+    DraftPlan,
+    VerifyChoice,
+    choose_verify_size,
+    plan_draft,
+    selection_order,
+)
+from graft_sglang.cost.model import CostModel, load_cost_model, load_or_measure, measure_costs
+
+__all__ = [
+    "CostModel", "DraftPlan", "ScoreCalibration", "VerifyChoice", "choose_verify_size",
+    "expected_tokens", "fit_isotonic", "load_cost_model", "load_or_measure", "measure_costs",
+    "plan_draft", "reach_probabilities", "selection_order",
+]
