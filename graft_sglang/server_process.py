@@ -57,18 +57,26 @@ class ServerProcess:
         self.startup_timeout = startup_timeout
         self.grace = grace
         self.process: subprocess.Popen[bytes] | None = None
+        self._deadline = 0.0
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> ServerProcess:
+    def spawn(self) -> ServerProcess:
+        """Start the process (not waiting for it: several servers may start side by side)."""
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", self.launcher, *self.args], stdout=log,
                 stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
-        deadline = time.monotonic() + self.startup_timeout
-        while time.monotonic() < deadline:
+        self._deadline = time.monotonic() + self.startup_timeout
+        return self
+
+    def wait_ready(self) -> ServerProcess:
+        """Wait until ``/health`` answers 200. Raises ``ServerError`` (and ends the server) if
+        it exits or the start-up timeout passes."""
+        assert self.process is not None, "spawn() first"
+        while time.monotonic() < self._deadline:
             if self.process.poll() is not None:
                 raise ServerError(f"the server exited with code {self.process.returncode}"
                                   f"\n{self.log_tail()}")
@@ -81,6 +89,9 @@ class ServerProcess:
         self.stop()
         raise ServerError(f"the server was not ready after {self.startup_timeout:.0f} s"
                           f"\n{self.log_tail()}")
+
+    def start(self) -> ServerProcess:
+        return self.spawn().wait_ready()
 
     def stop(self) -> None:
         """End the server's whole process group (scheduler and detokenizer included)."""

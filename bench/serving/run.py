@@ -14,9 +14,9 @@ before and after the run), and whether every generated text equals plain decodin
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shlex
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -131,13 +131,29 @@ def write_workload(name: str, path: Path) -> Path:
 
 def bench_command(port: int, dataset: Path, concurrency: int, args: argparse.Namespace,
                   output: Path) -> list[str]:
-    return [sys.executable, "-m", "sglang.benchmark.serving", "--backend", "sglang",
+    """The arguments of ``python -m sglang.benchmark.serving`` for one run."""
+    return ["--backend", "sglang",
             "--host", "127.0.0.1", "--port", str(port), "--dataset-name", "custom",
             "--dataset-path", str(dataset), "--num-prompts", str(args.num_prompts),
             "--max-concurrency", str(concurrency), "--sharegpt-output-len",
             str(args.output_len), "--apply-chat-template", "--temperature", "0",
             "--warmup-requests", "0", "--seed", str(args.seed), "--disable-tqdm",
             "--output-details", "--output-file", str(output)]
+
+
+def serving_benchmark(argv: list[str], log_path: Path) -> None:
+    """``python -m sglang.benchmark.serving <argv>``, in this process (its imports are paid
+    once per benchmark, not once per run), its output in ``log_path``."""
+    from sglang.benchmark import serving
+
+    saved = sys.argv
+    sys.argv = ["sglang.benchmark.serving", *argv]
+    try:
+        with open(log_path, "w") as out, contextlib.redirect_stdout(out), \
+                contextlib.redirect_stderr(out):
+            serving.cli_main()
+    finally:
+        sys.argv = saved
 
 
 def counters(server: ServerProcess) -> dict[str, float]:
@@ -184,35 +200,33 @@ def compare_with_plain(runs: list[Run]) -> None:
             r.identical_to_plain = r.texts == ref and len(ref) > 0
 
 
-def run_method(method: str, concurrency: int, args: argparse.Namespace,
-               data: dict[str, Path], log=print) -> list[Run]:
-    """Start one server, run every workload at ``concurrency``, end the server."""
-    launcher = CPU_LAUNCHER if args.device == "cpu" else GPU_LAUNCHER
+def new_server(method: str, concurrency: int, args: argparse.Namespace) -> ServerProcess:
     logs = args.out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    server = ServerProcess(server_args(method, args), env=server_env(method, args),
-                           log_path=logs / f"server_{method}_c{concurrency}.log",
-                           startup_timeout=args.startup_timeout, launcher=launcher)
-    started = time.monotonic()
+    return ServerProcess(server_args(method, args), env=server_env(method, args),
+                         log_path=logs / f"server_{method}_c{concurrency}.log",
+                         startup_timeout=args.startup_timeout,
+                         launcher=CPU_LAUNCHER if args.device == "cpu" else GPU_LAUNCHER)
+
+
+def run_workloads(server: ServerProcess, method: str, concurrency: int,
+                  args: argparse.Namespace, data: dict[str, Path], log=print) -> list[Run]:
+    """Every workload against one ready server, one after the other."""
     runs = []
-    with server:
-        log(f"[serving] {method} c={concurrency}: server up in "
-            f"{time.monotonic() - started:.0f} s")
-        for workload, path in data.items():
-            raw = args.out / "raw" / f"{method}_{workload}_c{concurrency}.jsonl"
-            raw.parent.mkdir(parents=True, exist_ok=True)
-            raw.unlink(missing_ok=True)
-            before = counters(server)
-            t0 = time.monotonic()
-            with open(logs / f"bench_{method}_{workload}_c{concurrency}.log", "w") as out:
-                subprocess.run(bench_command(server.port, path, concurrency, args, raw),
-                               check=True, stdout=out, stderr=subprocess.STDOUT)
-            result = json.loads(raw.read_text().splitlines()[-1])
-            run = measure(method, workload, concurrency, result, before, counters(server))
-            runs.append(run)
-            accept = "-" if run.accept_length is None else f"{run.accept_length:.2f}"
-            log(f"[serving] {method} {workload} c={concurrency}: {run.tokens_per_s:.1f} tok/s,"
-                f" accept {accept} ({time.monotonic() - t0:.0f} s)")
+    for workload, path in data.items():
+        raw = args.out / "raw" / f"{method}_{workload}_c{concurrency}.jsonl"
+        raw.parent.mkdir(parents=True, exist_ok=True)
+        raw.unlink(missing_ok=True)
+        before = counters(server)
+        t0 = time.monotonic()
+        serving_benchmark(bench_command(server.port, path, concurrency, args, raw),
+                          args.out / "logs" / f"bench_{method}_{workload}_c{concurrency}.log")
+        result = json.loads(raw.read_text().splitlines()[-1])
+        run = measure(method, workload, concurrency, result, before, counters(server))
+        runs.append(run)
+        accept = "-" if run.accept_length is None else f"{run.accept_length:.2f}"
+        log(f"[serving] {method} {workload} c={concurrency}: {run.tokens_per_s:.1f} tok/s, "
+            f"accept {accept} ({time.monotonic() - t0:.0f} s)")
     return runs
 
 
@@ -267,18 +281,34 @@ def plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
 
 
 def run(args: argparse.Namespace, log=print) -> list[Run]:
+    """Per concurrency: every method's fresh server starts side by side (an idle server sleeps,
+    so the others' measurements are not disturbed), then each is measured alone and ended."""
     data = {w: write_workload(w, args.out / "data" / f"{w}.jsonl") for w in args.workloads}
     runs: list[Run] = []
     for concurrency in args.concurrency:
-        for method in args.methods:
-            if args.dry_run:
-                print("$", shlex.join(["python", "-m", CPU_LAUNCHER if args.device == "cpu"
-                                       else GPU_LAUNCHER, *server_args(method, args)]))
+        if args.dry_run:
+            for method in args.methods:
+                launcher = CPU_LAUNCHER if args.device == "cpu" else GPU_LAUNCHER
+                print("$", shlex.join(["python", "-m", launcher, *server_args(method, args)]))
                 for path in data.values():
-                    print("$", shlex.join(bench_command(0, path, concurrency, args,
-                                                        Path("raw.jsonl"))))
-                continue
-            runs.extend(run_method(method, concurrency, args, data, log))
+                    print("$", shlex.join(["python", "-m", "sglang.benchmark.serving",
+                                           *bench_command(0, path, concurrency, args,
+                                                          Path("raw.jsonl"))]))
+            continue
+        started = time.monotonic()
+        servers = {m: new_server(m, concurrency, args) for m in args.methods}
+        try:
+            for server in servers.values():
+                server.spawn()
+            for method, server in servers.items():
+                server.wait_ready()
+                log(f"[serving] {method} c={concurrency}: server up after "
+                    f"{time.monotonic() - started:.0f} s")
+                runs.extend(run_workloads(server, method, concurrency, args, data, log))
+                server.stop()
+        finally:
+            for server in servers.values():
+                server.stop()
     compare_with_plain(runs)
     return runs
 

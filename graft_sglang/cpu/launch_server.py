@@ -11,7 +11,8 @@ the arguments unchanged plus the CPU defaults below for flags the user did not g
   real ``sgl_kernel`` imports here; the plugin's entry point then keeps the ``intel_amx``
   backend and turns PyNccl off (``graft_sglang.cpu.platform``);
 * ``--device cpu --attention-backend intel_amx --sampling-backend pytorch --disable-cuda-graph
-  --sleep-on-idle`` (an idle scheduler otherwise spins a whole core);
+  --sleep-on-idle`` (an idle scheduler otherwise spins a whole core) ``--max-total-tokens 16384``
+  (SGLang sizes the KV pool from the free memory otherwise);
 * no ``--model-path``: the embedded SmolLM2-135M-Instruct (converted once to safetensors), in
   float32 unless ``--dtype`` says otherwise;
   ``--speculative-algorithm`` EAGLE3 or GRAFT without ``--speculative-draft-model-path``: the
@@ -37,6 +38,8 @@ CPU_FLAGS: tuple[tuple[str, ...], ...] = (
     ("--sampling-backend", "pytorch"),
     ("--disable-cuda-graph",),
     ("--sleep-on-idle",),
+    # SGLang sizes the KV pool from free memory (tens of GB, zeroed for a minute on a laptop).
+    ("--max-total-tokens", "16384"),
 )
 
 
