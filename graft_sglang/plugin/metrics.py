@@ -34,8 +34,12 @@ def add_graft_metrics(result: Any, controller: Any, state: dict[str, Any]) -> An
     scheduler = controller.scheduler
     reporter = getattr(scheduler, "metrics_reporter", None)
     if reporter is not None and not scheduler.spec_algorithm.is_none():
-        state["spec_accept_tokens"] = int(reporter.spec_total_num_accept_tokens)
-        state["spec_verify_steps"] = int(reporter.spec_total_num_forward_ct)
+        # SGLang moves the current log interval's counts into its totals at each decode log
+        # line only: both parts together are every step so far.
+        state["spec_accept_tokens"] = int(reporter.spec_total_num_accept_tokens
+                                          + reporter.spec_num_accept_tokens)
+        state["spec_verify_steps"] = int(reporter.spec_total_num_forward_ct
+                                         + reporter.spec_num_forward_ct)
     graft = getattr(getattr(scheduler, "draft_worker", None), "graft", None)
     if graft is not None:
         state.update(graft_metrics(graft))
