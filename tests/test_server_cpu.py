@@ -157,6 +157,16 @@ class TestGraft(Lossless):
                                             plain: ServerProcess) -> None:
         assert schema_answer(server) == schema_answer(plain)
 
+    def test_spec_counters_count_every_step(self, server: ServerProcess) -> None:
+        """The raw counters the serving benchmark takes accept lengths from: one request's
+        verify steps and accepted tokens (its output minus the prefill's token)."""
+        before = graft_state(server)
+        meta = answer(server, QUESTIONS[2], max_new_tokens=24)["meta_info"]
+        after = graft_state(server)
+        assert after["spec_verify_steps"] - before["spec_verify_steps"] == meta["spec_verify_ct"]
+        assert (after["spec_accept_tokens"] - before["spec_accept_tokens"]
+                == meta["completion_tokens"] - 1)
+
     def test_radix_corpus_raises_acceptance(self, server: ServerProcess) -> None:
         """A repeated request drafts from the radix-fed corpus: longer accepted runs, and a
         grafted share > 0 in /server_info."""
