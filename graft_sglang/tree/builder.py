@@ -144,7 +144,9 @@ def _validate(
     draft: DraftCandidates,
     retrieved: RetrievedCandidates,
     config: GraftConfig,
+    draft_quotas: torch.Tensor | None = None,
 ) -> None:
+    """Shapes always (host metadata); values only with ``config.check_inputs`` (host reads)."""
     bs = root_tokens.shape[0]
     if root_tokens.dim() != 1:
         raise ValueError(f"root_tokens must be [bs], got shape {tuple(root_tokens.shape)}")
@@ -155,8 +157,12 @@ def _validate(
             f"batch sizes differ: root_tokens {bs}, draft {draft.batch_size}, "
             f"retrieved {retrieved.batch_size}"
         )
+    if draft_quotas is not None and tuple(draft_quotas.shape) != (bs,):
+        raise ValueError(f"draft_quotas must be [bs] = [{bs}], got {tuple(draft_quotas.shape)}")
     if not config.check_inputs:
         return
+    if draft_quotas is not None and draft_quotas.numel() and int(draft_quotas.min()) < 0:
+        raise ValueError("draft_quotas must be >= 0 (the draft nodes each request keeps)")
     for name, t in (
         ("root_tokens", root_tokens), ("draft.tokens", draft.tokens),
         ("retrieved.tokens", retrieved.tokens[retrieved.valid]),
@@ -180,47 +186,69 @@ def _validate(
             raise ValueError("retrieved.parents must point at the root, a draft or an earlier slot")
 
 
-def _min_along_paths(key: torch.Tensor, parents: torch.Tensor) -> torch.Tensor:
-    """key[i] := min over i's ancestors-or-self (pointer doubling; parents [bs, C], -1 = root)."""
-    jump = parents
-    out = key
-    for _ in range(max(1, math.ceil(math.log2(max(2, key.shape[1]))) + 1)):
-        valid = jump >= 0
-        if not bool(valid.any()):
+def _ancestor_jumps(parents: torch.Tensor, may_read: bool) -> list[torch.Tensor]:
+    """Pointer-doubling tables: ``jumps[k]`` [bs, C + 1] int64 is each candidate's 2^k-th
+    ancestor, C where there is none (column C, "none", points at itself). Depth <= C, so
+    ceil(log2 C) tables cover every path; ``may_read``: stop once one has no ancestor left (a
+    host read per table). O(bs C log C)."""
+    bs, c = parents.shape
+    jump = torch.cat([torch.where(parents >= 0, parents, c),
+                      torch.full((bs, 1), c, dtype=parents.dtype, device=parents.device)], dim=1)
+    jumps: list[torch.Tensor] = []
+    for _ in range(math.ceil(math.log2(c)) if c > 1 else 0):
+        if may_read and not bool((jump[:, :c] < c).any()):
             break
-        idx = jump.clamp(min=0)
-        out = torch.where(valid, torch.minimum(out, torch.gather(out, 1, idx)), out)
-        jump = torch.where(valid, torch.gather(jump, 1, idx), jump)
-    return out
+        jumps.append(jump)
+        jump = torch.gather(jump, 1, jump)
+    return jumps
+
+
+def _min_along_paths(key: torch.Tensor, jumps: list[torch.Tensor]) -> torch.Tensor:
+    """key [bs, C] -> min over each candidate's ancestors-or-self (``_ancestor_jumps``)."""
+    out = torch.cat([key, torch.full_like(key[:, :1], math.inf)], dim=1)
+    for jump in jumps:
+        out = torch.minimum(out, torch.gather(out, 1, jump))
+    return out[:, :-1]
+
+
+def _dense_rank(values: torch.Tensor) -> torch.Tensor:
+    """[bs, K] int64 -> [bs, K] int64 in [0, K): equal values of a row get equal ranks, and
+    ranks follow the values' order. One batched sort, no host read."""
+    ordered, idx = torch.sort(values, dim=1)
+    steps = torch.diff(ordered, dim=1, prepend=ordered[:, :1]) != 0
+    return torch.empty_like(idx).scatter_(1, idx, torch.cumsum(steps, dim=1))
 
 
 def _merge_duplicates(
-    tokens: torch.Tensor, parents: torch.Tensor, valid: torch.Tensor
+    tokens: torch.Tensor, valid: torch.Tensor, jumps: list[torch.Tensor], may_read: bool
 ) -> torch.Tensor:
     """Canonical index of each candidate: the first one with the same merged parent and token.
 
-    tokens/parents/valid: [bs, C]. Returns canon [bs, C] int64 (``canon[i] <= i``). Iterates to a
-    fixed point (one iteration per tree level), one batched stable sort per iteration.
+    tokens/valid: [bs, C]; jumps: ``_ancestor_jumps`` of the parents. Returns canon [bs, C] int64
+    (``canon[i] <= i``). By induction over depth, two valid candidates share a canon iff their
+    token strings up to the root are equal (an invalid candidate is a symbol of its own).
+    Prefix doubling computes those classes: after the round of ``jumps[k]`` a class is the
+    string's first 2^(k+1) symbols upward. ``may_read``: stop once a round leaves the classes
+    as they were (then no later round changes them; a host read per round). O(bs C log^2 C).
     """
     bs, c = tokens.shape
     ar = torch.arange(c, device=tokens.device).expand(bs, c)
-    canon = ar.clone()
-    span = int(tokens.max()) + 2 if tokens.numel() else 2
-    for _ in range(c + 1):
-        cparent = torch.where(parents >= 0, torch.gather(canon, 1, parents.clamp(min=0)), parents)
-        # Invalid candidates get unique negative keys so they never merge.
-        pair = torch.where(valid, (cparent + 1) * span + tokens, -1 - ar)
-        sorted_pair, sorted_idx = torch.sort(pair, dim=1, stable=True)
-        starts = torch.ones_like(sorted_pair, dtype=torch.bool)
-        starts[:, 1:] = sorted_pair[:, 1:] != sorted_pair[:, :-1]
-        # Stable sort: a group's first sorted entry is its smallest index.
-        start_pos = torch.cummax(torch.where(starts, ar, torch.zeros_like(ar)), dim=1).values
-        first = torch.gather(sorted_idx, 1, start_pos)
-        new_canon = torch.empty_like(canon).scatter_(1, sorted_idx, first)
-        if torch.equal(new_canon, canon):
+    # Classes in [0, 2C + 1): 0 is "none" (column C, past the root), then tokens, then the
+    # invalid candidates.
+    rank = torch.cat([torch.where(valid, _dense_rank(tokens) + 1, c + 1 + ar),
+                      torch.zeros_like(tokens[:, :1])], dim=1)
+    for k, jump in enumerate(jumps):
+        # "none" stays the unique smallest pair, so it keeps rank 0.
+        new = _dense_rank(torch.add(torch.gather(rank, 1, jump), rank, alpha=2 * c + 2))
+        # From round 1 on the ranks are dense, so equal ranks mean equal classes.
+        stable = may_read and k > 0 and torch.equal(new, rank)
+        rank = new
+        if stable:
             break
-        canon = new_canon
-    return canon
+    rank = rank[:, :c]
+    first = torch.full((bs, 2 * c + 1), c, dtype=torch.int64, device=tokens.device)
+    first.scatter_reduce_(1, rank, ar, reduce="amin", include_self=True)
+    return torch.gather(first, 1, rank)
 
 
 def prune_mask(draft_scores: torch.Tensor, config: GraftConfig,
@@ -310,12 +338,14 @@ def build_graft_tree(
     seq_lens:     [bs] int64, tokens before the root (the root sits at position ``seq_lens``).
     draft:        draft candidates (``DraftCandidates.empty`` for retrieval only).
     retrieved:    retrieved candidates (``RetrievedCandidates.empty`` for draft only).
-    draft_quotas: [bs] int64 or None, per-request ``draft_quota`` (see ``prune_mask``).
+    draft_quotas: [bs] int64 or None, per-request ``draft_quota`` (see ``prune_mask``); >= 0
+                  (checked with ``config.check_inputs``).
+
+    With ``config.check_inputs`` off nothing is read on the host (no value checks, no early
+    exits), so on an accelerator the build queues without a sync. ValueError for bad shapes
+    (always) or values (with the checks).
     """
-    _validate(root_tokens, seq_lens, draft, retrieved, config)
-    if draft_quotas is not None and tuple(draft_quotas.shape) != (root_tokens.shape[0],):
-        raise ValueError(f"draft_quotas must be [bs] = [{root_tokens.shape[0]}], got "
-                         f"{tuple(draft_quotas.shape)}")
+    _validate(root_tokens, seq_lens, draft, retrieved, config, draft_quotas)
     bs, n = root_tokens.shape[0], config.budget
     device = root_tokens.device
     pool = _candidate_pool(draft, retrieved, config, device, draft_quotas)
@@ -323,12 +353,13 @@ def build_graft_tree(
 
     # Pruned nodes (and everything below them) rank after every kept node.
     key = pool.scores - _PRUNED_OFFSET * pool.pruned.float()
+    jumps = _ancestor_jumps(pool.parents, may_read=config.check_inputs)
     key = _min_along_paths(torch.where(pool.valid, key, torch.full_like(key, _INVALID_KEY)),
-                           pool.parents)
+                           jumps)
     valid = pool.valid if config.top_up_pruned else pool.valid & (key > -1.0)
 
     # 3. Graft: merge duplicate siblings into their first occurrence.
-    canon = _merge_duplicates(pool.tokens, pool.parents, valid)
+    canon = _merge_duplicates(pool.tokens, valid, jumps, may_read=config.check_inputs)
     merged_key = torch.full_like(key, _INVALID_KEY).scatter_reduce(
         1, canon, key, reduce="amax", include_self=True
     )

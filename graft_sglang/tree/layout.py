@@ -106,8 +106,49 @@ def tree_layout(parents: torch.Tensor, seq_lens: torch.Tensor) -> TreeLayout:
     return TreeLayout(anc, depth, positions, retrieve_index, next_token, next_sibling)
 
 
+def packed_row_bytes(n: int) -> int:
+    """Bytes per row of a QLEN_ONLY_BITPACKING mask of N = ``n`` columns (SGLang's uint8 /
+    uint16 / uint32 rows); ValueError past 32."""
+    if n > 32:
+        raise ValueError(f"QLEN_ONLY_BITPACKING supports N <= 32, got N = {n}")
+    return 4 if n > 16 else (2 if n > 8 else 1)
+
+
+def tree_mask_bytes(mode: TreeMaskMode | int, bs: int, n: int, seq_lens_sum: int) -> int:
+    """Bytes of ``tree_mask``'s output for ``bs`` trees of ``n`` nodes (``seq_lens_sum`` =
+    sum(seq_lens), read by FULL_MASK only)."""
+    mode = TreeMaskMode(mode)
+    if mode == TreeMaskMode.FULL_MASK:
+        return seq_lens_sum * n + bs * n * n
+    if mode == TreeMaskMode.QLEN_ONLY:
+        return bs * n * n
+    return bs * n * packed_row_bytes(n)
+
+
+def mask_buffer_bytes(out: torch.Tensor, mode: TreeMaskMode | int, bs: int, n: int,
+                      seq_lens: torch.Tensor, seq_lens_sum: int | None, read: bool) -> int:
+    """Check that the preallocated buffer ``out`` (any contiguous tensor: its bytes are the
+    mask's, e.g. SGLang's bool or uint8/16/32 verify buffers) holds ``mode``'s mask and return
+    its size in bytes. A FULL_MASK's size needs ``seq_lens_sum``; without it the check reads
+    ``sum(seq_lens)`` on the host if ``read``, else it is skipped (the kernel writes nothing
+    past the buffer). Raises ValueError naming the sizes."""
+    if not out.is_contiguous():
+        raise ValueError("the mask buffer (mask_out) must be contiguous")
+    capacity = out.numel() * out.element_size()
+    if TreeMaskMode(mode) == TreeMaskMode.FULL_MASK and seq_lens_sum is None:
+        if not read:
+            return capacity
+        seq_lens_sum = int(seq_lens.sum())
+    need = tree_mask_bytes(mode, bs, n, seq_lens_sum or 0)
+    if need > capacity:
+        raise ValueError(f"the {TreeMaskMode(mode).name} mask of {bs} trees of {n} nodes needs "
+                         f"{need} bytes; the mask buffer (mask_out) holds {capacity}")
+    return capacity
+
+
 def tree_mask(
-    ancestors: torch.Tensor, seq_lens: torch.Tensor, mode: TreeMaskMode | int
+    ancestors: torch.Tensor, seq_lens: torch.Tensor, mode: TreeMaskMode | int, *,
+    out: torch.Tensor | None = None, seq_lens_sum: int | None = None,
 ) -> torch.Tensor:
     """Flattened custom attention mask in SGLang's layout for ``mode``.
 
@@ -116,25 +157,47 @@ def tree_mask(
     QLEN_ONLY: ``[bs * N * N]`` bool.
     QLEN_ONLY_BITPACKING: ``[bs * N * W]`` uint8, ``W`` = 1/2/4 bytes for N <= 8/16/32; bit j of a
         row (little endian) = node j is an ancestor-or-self of the row's node.
+
+    out: a preallocated buffer (see ``mask_buffer_bytes``): the mask's bytes go to its head, the
+        rest stays untouched, and ``out`` itself is returned. ValueError if it is too small.
+    seq_lens_sum: the host's sum(seq_lens), if known. Only FULL_MASK reads it; without it the
+        FULL_MASK reads ``seq_lens.sum()`` on the host (its size depends on it). Every other
+        case reads nothing on the host. O(bytes of the mask).
     """
     bs, n, _ = ancestors.shape
     mode = TreeMaskMode(mode)
+    if mode == TreeMaskMode.FULL_MASK and seq_lens_sum is None:
+        seq_lens_sum = int(seq_lens.sum())
+    size = tree_mask_bytes(mode, bs, n, seq_lens_sum or 0)
+    if out is not None:
+        mask_buffer_bytes(out, mode, bs, n, seq_lens, seq_lens_sum, read=False)
+        head = out.view(-1).view(torch.uint8)[:size]
     if mode == TreeMaskMode.QLEN_ONLY:
-        return ancestors.reshape(-1).clone()
+        if out is None:
+            return ancestors.reshape(-1).clone()
+        head.copy_(ancestors.reshape(-1))
+        return out
     if mode == TreeMaskMode.QLEN_ONLY_BITPACKING:
-        if n > 32:
-            raise ValueError(f"QLEN_ONLY_BITPACKING supports N <= 32, got N = {n}")
-        width = 4 if n > 16 else (2 if n > 8 else 1)
+        width = packed_row_bytes(n)
         bits = torch.zeros(bs, n, width * 8, dtype=torch.uint8, device=ancestors.device)
         bits[:, :, :n] = ancestors.to(torch.uint8)
         weights = (2 ** torch.arange(8, device=ancestors.device)).to(torch.uint8)
         packed = (bits.view(bs, n, width, 8) * weights).sum(dim=3, dtype=torch.int64)
-        return packed.to(torch.uint8).reshape(-1)
-    lens = [int(x) for x in seq_lens.tolist()]
-    parts = []
-    for b in range(bs):
-        prefix = torch.ones(n, lens[b], dtype=torch.bool, device=ancestors.device)
-        parts.append(torch.cat([prefix, ancestors[b]], dim=1).reshape(-1))
-    if not parts:
-        return torch.zeros(0, dtype=torch.bool, device=ancestors.device)
-    return torch.cat(parts)
+        if out is None:
+            return packed.to(torch.uint8).reshape(-1)
+        head.copy_(packed.reshape(-1))
+        return out
+    # FULL_MASK: all ones (the prefix columns), then each row's N tree columns scattered in.
+    device = ancestors.device
+    lens = seq_lens.to(device=device, dtype=torch.int64)
+    row = lens + n
+    start = torch.cumsum(n * row, dim=0) - n * row  # each request's first byte
+    ar = torch.arange(n, device=device)
+    cells = (start + lens)[:, None, None] + ar[None, :, None] * row[:, None, None] + ar
+    if out is None:
+        mask = torch.ones(size, dtype=torch.bool, device=device)
+        mask[cells.reshape(-1)] = ancestors.reshape(-1)
+        return mask
+    head.fill_(1)
+    head[cells.reshape(-1)] = ancestors.reshape(-1).to(torch.uint8)
+    return out
