@@ -25,7 +25,7 @@ from graft_sglang.datasets import load
 from graft_sglang.engine.decode import Sampling, SpeculativeEngine
 from graft_sglang.engine.drafters.base import Drafter
 from graft_sglang.engine.drafters.lm import LMDrafter, truncated_copy
-from graft_sglang.engine.methods import METHODS, PAPER_MODES, RETRIEVAL_SOURCES, make_method
+from graft_sglang.engine.methods import METHODS, PAPER_MODES, make_method
 from graft_sglang.engine.model import DEFAULT_MODEL, load_model
 from graft_sglang.engine.runner import (
     MethodRun,
@@ -36,6 +36,7 @@ from graft_sglang.engine.runner import (
     run_method,
     stop_ids,
 )
+from graft_sglang.recipe import RETRIEVAL_SOURCES
 
 THRESHOLDED = ("pruned", "graft")
 RETRIEVING = ("retrieval", "graft")  # the methods whose retrieval source --retrieval sweeps
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
             continue
         sweep = [(budget, threshold, source) for budget in args.budget
                  for threshold in (thresholds if name in THRESHOLDED else [None])
-                 for source in (args.retrieval if name in RETRIEVING else ["suffix"])]
+                 for source in (args.retrieval if name in RETRIEVING else [None])]
         for budget, threshold, source in sweep:
             method = make_method(name, budget=budget, topk=args.topk, depth=args.depth,
                                  threshold=threshold or calibration.threshold,

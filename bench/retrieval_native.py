@@ -7,11 +7,10 @@ the embedded model's tokenizer, as in ``bench.tree_build``) from its own point, 
 prompt and a shared corpus of four 2000-token documents of the same stream. Every step drafts
 an EAGLE-shaped tree (random draft distributions), then
 
-* python: ``GraftProposer.retrieve`` (anchors, draft paths, one ``propose`` per query) +
-  ``pack_retrieved`` -- today's path;
-* native: the same anchors (``kept_draft_leaves``, timed apart as ``anchors``: its per-request
-  host loop is the proposer's, not the index's) as a [bs, 1] tensor + one
-  ``NativeSuffixRetriever.retrieve_packed`` (``native_call``);
+* python: ``SuffixRetriever.retrieve_packed`` (draft paths, one ``propose`` per query,
+  ``pack_retrieved``);
+* native: one ``NativeSuffixRetriever.retrieve_packed`` (``native_call``) on the same anchors
+  (``step.draft_anchors``, device ops, timed apart as ``anchors``);
 
 checks that both give identical tensors, and commits 1-4 true tokens per request to both
 (timed). Also timed: the PyTorch reference builder on the step's candidates (today's other step
@@ -39,11 +38,10 @@ import torch
 
 from bench.tree_build import SHAPES, token_stream
 from graft_sglang.plugin.settings import GraftSettings
-from graft_sglang.proposer import GraftProposer, kept_draft_leaves
 from graft_sglang.retrieval.native import NativeSuffixRetriever
 from graft_sglang.retrieval.suffix import SuffixConfig, SuffixRetriever
+from graft_sglang.step import draft_anchors
 from graft_sglang.tree.builder import build_graft_tree
-from graft_sglang.tree.retrieved import pack_retrieved
 from tests.random_inputs import eagle_draft
 
 PROMPT, DOCS, DOC_LEN = 512, 4, 2000
@@ -54,10 +52,10 @@ DRAFT_VOCAB = 2048  # draft tokens among the tokenizer's first (frequent) ids: c
 def run(bs: int, n: int, steps: int, stream: list[int]) -> dict:
     topk, depth = SHAPES[n]
     settings = GraftSettings()
-    config, plan = settings.graft_config(n), settings.retrieval_plan(n)
+    recipe = settings.recipe(n)
+    config, plan = recipe.config, recipe.plan
     python, native = SuffixRetriever(settings.suffix_config()), NativeSuffixRetriever(
         settings.suffix_config())
-    proposer = GraftProposer(config, python, plan)
     gen = torch.Generator().manual_seed(n * 100 + bs)
     for d in range(DOCS):
         doc = stream[d * DOC_LEN : (d + 1) * DOC_LEN]
@@ -75,12 +73,10 @@ def run(bs: int, n: int, steps: int, stream: list[int]) -> dict:
         draft = eagle_draft(gen, bs, topk, depth, DRAFT_VOCAB)
         roots = torch.tensor([stream[p - 1] for p in pos])
         t0 = time.perf_counter()
-        want = pack_retrieved(proposer.retrieve(rids, draft), draft.num_candidates,
-                              plan.max_slots)
+        anchors = draft_anchors(draft, config, plan.draft_anchors)
         t1 = time.perf_counter()
-        leaves = kept_draft_leaves(draft, config, plan.draft_anchors)
-        anchors = torch.tensor([row + [-1] * (plan.draft_anchors - len(row)) for row in leaves],
-                               dtype=torch.int64).view(bs, -1)
+        want = python.retrieve_packed(rids, anchors, draft.tokens, draft.parents,
+                                      plan.root_nodes, plan.anchor_nodes, plan.max_slots)
         t2 = time.perf_counter()
         got = native.retrieve_packed(rids, anchors, draft.tokens, draft.parents,
                                      plan.root_nodes, plan.anchor_nodes, plan.max_slots)
@@ -98,7 +94,7 @@ def run(bs: int, n: int, steps: int, stream: list[int]) -> dict:
             native.extend_request(rid, c)
         t6 = time.perf_counter()
         pos = [p + len(c) for p, c in zip(pos, commits, strict=True)]
-        for name, dt in (("python", t1 - t0), ("anchors", t2 - t1), ("native", t3 - t2),
+        for name, dt in (("anchors", t1 - t0), ("python", t2 - t1), ("native", t3 - t2),
                          ("build", t4 - t3), ("py_commit", t5 - t4), ("nat_commit", t6 - t5)):
             t[name].append(dt)
 

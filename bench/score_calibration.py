@@ -51,8 +51,8 @@ from graft_sglang.engine.drafters.eagle3 import load_eagle3_drafter
 from graft_sglang.engine.methods import Method, make_method
 from graft_sglang.engine.model import load_model
 from graft_sglang.engine.runner import chat_ids, drafter_calibration, log, stop_ids
-from graft_sglang.proposer import GraftProposer
 from graft_sglang.retrieval.suffix import SuffixRetriever
+from graft_sglang.step import GraftStep
 from graft_sglang.tree.builder import GraftTree, NodeSource
 from graft_sglang.tree.draft import DraftCandidates
 
@@ -105,10 +105,10 @@ class RecordingEngine(SpeculativeEngine):
 
     steps: list[Step]
 
-    def _step_tree(self, gen: Generation, method: Method, proposer: GraftProposer,
+    def _step_tree(self, gen: Generation, method: Method, step: GraftStep,
                    drafter: object, rid: str, root: int, seq_len: int) -> tuple[GraftTree, int]:
         passes, before = gen.draft_forwards, dict(gen.seconds)
-        tree, window = super()._step_tree(gen, method, proposer, drafter, rid, root, seq_len)
+        tree, window = super()._step_tree(gen, method, step, drafter, rid, root, seq_len)
         host = sum(gen.seconds[k] - before[k] for k in ("retrieve", "build"))
         self.steps.append(Step(tree, list(self.drafter.last_level0), gen.draft_forwards - passes,
                                host))

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from graft_sglang.proposer import GraftProposer, RetrievalPlan
+from graft_sglang.retrieval.base import RetrievalPlan
 from graft_sglang.retrieval.suffix import SuffixRetriever
+from graft_sglang.step import draft_anchors
 from graft_sglang.tree.builder import GraftConfig, build_graft_tree
-from graft_sglang.tree.retrieved import pack_retrieved
 from tests.random_inputs import eagle_draft
 
 # (budget N, draft topk, draft depth): EAGLE trees that can fill N.
@@ -54,14 +54,13 @@ def run(bs: int, n: int, steps: int, stream: list[int]) -> dict:
     topk, depth = SHAPES[n]
     gen = torch.Generator().manual_seed(n * 100 + bs)
     config = GraftConfig(budget=n, threshold=0.05)
-    proposer = GraftProposer(config, SuffixRetriever(), RetrievalPlan(root_nodes=n // 2,
-                                                                      draft_anchors=1,
-                                                                      anchor_nodes=n // 8))
+    retriever = SuffixRetriever()
+    plan = RetrievalPlan(root_nodes=n // 2, draft_anchors=1, anchor_nodes=n // 8)
     # Request b starts decoding at a different point of the stream, with 512 tokens of prompt.
     starts = [512 + (b * 997) % (len(stream) - 512 - steps * 8) for b in range(bs)]
     rids = [f"r{b}" for b in range(bs)]
     for rid, s in zip(rids, starts, strict=True):
-        proposer.start(rid, stream[s - 512 : s])
+        retriever.start_request(rid, stream[s - 512 : s])
     pos = list(starts)
     t_retrieve = t_build = t_commit = 0.0
     for _ in range(steps):
@@ -69,14 +68,16 @@ def run(bs: int, n: int, steps: int, stream: list[int]) -> dict:
         roots = torch.tensor([stream[p - 1] for p in pos])
         seq_lens = torch.tensor(pos) - 1
         t0 = time.perf_counter()
-        tries = proposer.retrieve(rids, draft)
-        retrieved = pack_retrieved(tries, draft.num_candidates, proposer.plan.max_slots)
+        anchors = draft_anchors(draft, config, plan.draft_anchors)
+        retrieved = retriever.retrieve_packed(rids, anchors, draft.tokens, draft.parents,
+                                              plan.root_nodes, plan.anchor_nodes,
+                                              plan.max_slots)
         t1 = time.perf_counter()
         build_graft_tree(roots, seq_lens, draft, retrieved, config)
         t2 = time.perf_counter()
         for b, rid in enumerate(rids):  # commit 1-4 true tokens per request
             k = 1 + (pos[b] % 4)
-            proposer.commit(rid, stream[pos[b] : pos[b] + k])
+            retriever.extend_request(rid, stream[pos[b] : pos[b] + k])
             pos[b] += k
         t_commit += time.perf_counter() - t2
         t_retrieve += t1 - t0

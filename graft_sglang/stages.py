@@ -14,6 +14,7 @@ draft nodes (K counts the non-root nodes: ``budget = K + 1``). Thresholds are no
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -86,3 +87,53 @@ class StagePolicy:
         or the whole budget (the dense draft tree, as in EAGLE-3) where none fired."""
         quotas = [self.draft_quota(s, budget) for s in range(len(self.levels))] + [budget - 1]
         return torch.tensor(quotas, dtype=torch.int64, device=stage.device)[stage]
+
+
+@dataclass(frozen=True)
+class StopRule:
+    """When a draft loop stops: the one rule of the engine's drafters and SGLang's loop.
+
+    policy:     the paper's checkpoints (a request whose checkpoint fired stops), or None.
+    stop_below: graft's early stop: a request whose best path confidence after a level is below
+                it stops (every deeper node would be pruned), or None.
+    """
+
+    policy: StagePolicy | None = None
+    stop_below: float | None = None
+
+    @property
+    def active(self) -> bool:
+        """Whether a loop may stop before its last level at all."""
+        return self.policy is not None or self.stop_below is not None
+
+    def after_level(self, stage: torch.Tensor, level: int,
+                    best: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """best [bs] the best path confidence after draft level ``level``, stage [bs] int64 the
+        checkpoint each request stopped at so far (-1: none). Returns the updated stages and
+        [bs] bool, the requests that need no deeper level. Device ops, no host read."""
+        if self.policy is not None:
+            stage = self.policy.advance(stage, level, best)
+        stopped = stage >= 0
+        if self.stop_below is not None:
+            stopped = stopped | (best < self.stop_below)
+        return stage, stopped
+
+    def worth_checking(self, level: int, num_levels: int) -> bool:
+        """Whether deciding after ``level`` (of a loop of ``num_levels``) can save a draft pass:
+        a checkpoint level, or in graft mode any level but the last."""
+        if level >= num_levels - 1:
+            return False
+        return self.stop_below is not None or (
+            self.policy is not None and level in self.policy.levels)
+
+    def for_one_request(self) -> Callable[[int, float], bool]:
+        """A fresh ``stop(level, best)`` callback for one request's draft loop (the offline
+        engine's drafters): True once that request stopped."""
+        stage = torch.full((1,), -1, dtype=torch.int64)
+
+        def stop(level: int, best: float) -> bool:
+            nonlocal stage
+            stage, stopped = self.after_level(stage, level, torch.tensor([best]))
+            return bool(stopped[0])
+
+        return stop

@@ -1,10 +1,11 @@
 """The SGLang worker's per-step pieces driven around a greedy tree verify, on CPU.
 
 Request sync, the draft loop's output (``all_candidates`` of SGLang-layout draft lists), the
-step's tree (``step_tree``: stage split, suffix and successor candidates, build), the verify
-input, verification with SGLang's kernel semantics (``graft_sglang.verify``), the successor
-update from the verify logits and the per-source accounting: what ``GraftWorker`` does per step,
-with a deterministic target standing in for the verify forward.
+worker's own entry point for the step (``build_graft_verify_input``: stage split, suffix and
+successor candidates, build, mask), verification with SGLang's kernel semantics
+(``graft_sglang.verify``), the successor update from the verify logits and the per-source
+accounting: what ``GraftWorker`` does per step, with a deterministic target standing in for the
+verify forward.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ import torch
 from sglang.srt.managers.schedule_batch import Req
 from sglang.srt.sampling.sampling_params import SamplingParams
 
-from graft_sglang.plugin.verify_input import build_verify_input, step_tree
+from graft_sglang.plugin.verify_input import build_graft_verify_input
 from graft_sglang.plugin.worker import GraftState, all_candidates
-from graft_sglang.tree.layout import TreeMaskMode
+from graft_sglang.tree.layout import TreeMaskMode, tree_mask
 from graft_sglang.verify import verify_tree_greedy
 from tests.random_inputs import eagle_loop_lists
 
@@ -40,7 +41,9 @@ def run_worker_steps(
 ) -> list[list[int]]:
     """Decode ``prompts`` with random draft loops (``vary_levels``: loops that stopped after a
     random level, as checkpoints leave them); returns each request's output tokens."""
-    n = state.proposer.config.budget
+    n = state.step.budget
+    backend = types.SimpleNamespace(model_runner=types.SimpleNamespace(
+        attn_backend=types.SimpleNamespace(verify_mask=None)))  # no preallocated mask
     reqs = [Req(f"r{i}", "", array("q", p), SamplingParams()) for i, p in enumerate(prompts)]
     for req in reqs:  # prefill produced the first token
         req.output_ids.append(next_token(list(req.origin_input_ids)))
@@ -51,10 +54,15 @@ def run_worker_steps(
         lists = eagle_loop_lists(gen, len(reqs), topk, levels, vocab)
         roots = torch.tensor([c[-1] for c in contexts])
         seq_lens = torch.tensor([len(c) - 1 for c in contexts])
-        tree = step_tree(state.proposer, rids, roots, seq_lens, *all_candidates(*lists, n),
-                         topk, state.policy)
-        vi = build_verify_input(tree, seq_lens, TreeMaskMode.QLEN_ONLY, topk=topk,
-                                num_steps=steps)
+        batch = types.SimpleNamespace(forward_mode=types.SimpleNamespace(is_idle=lambda: False),
+                                      seq_lens=seq_lens)
+        vi = build_graft_verify_input(
+            batch, types.SimpleNamespace(bonus_tokens=roots), *all_candidates(*lists, n), None,
+            target_worker=backend, topk=topk, num_steps=steps, num_draft_tokens=n,
+            tree_mask_mode=TreeMaskMode.QLEN_ONLY, device="cpu", step=state.step, rids=rids)
+        tree = vi.tree
+        assert torch.equal(vi.custom_mask, tree_mask(tree.layout.ancestors, seq_lens,
+                                                     TreeMaskMode.QLEN_ONLY))
         state.last_input = vi
         predict = torch.empty(len(reqs), n, dtype=torch.int64)
         for b, context in enumerate(contexts):

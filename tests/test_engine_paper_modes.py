@@ -3,13 +3,15 @@ really skip draft forward passes."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from graft_sglang.engine.decode import Sampling, SpeculativeEngine
 from graft_sglang.engine.drafters.lm import LMDrafter, truncated_copy
 from graft_sglang.engine.methods import PAPER_MODES, make_method
-from graft_sglang.stages import StagePolicy
+from graft_sglang.stages import StagePolicy, StopRule
 from tests.tiny_models import PROMPTS, VOCAB, tiny_llama
 
 
@@ -33,8 +35,8 @@ def test_checkpoints_skip_draft_forwards(target: torch.nn.Module) -> None:
     sampling = Sampling(max_new_tokens=24)
     paper = make_method("graft-paper", budget=16, topk=3, depth=5, vocab_size=VOCAB)
     always = StagePolicy(levels=(0,), thresholds=(1.0,), draft_shares=(0.25,))
-    stopped = engine.generate(PROMPTS[0], type(paper)(**{**paper.__dict__, "stages": always}),
-                              sampling)
+    recipe = dataclasses.replace(paper.recipe, stop=StopRule(always))
+    stopped = engine.generate(PROMPTS[0], dataclasses.replace(paper, recipe=recipe), sampling)
     full = engine.generate(PROMPTS[0], make_method("graft-noprune", budget=16, topk=3, depth=5,
                                                    vocab_size=VOCAB), sampling)
     assert stopped.tokens == full.tokens

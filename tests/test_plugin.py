@@ -166,8 +166,8 @@ def test_settings_from_env() -> None:
     s = GraftSettings.from_env({"SGLANG_GRAFT_THRESHOLD": "none", "SGLANG_GRAFT_ROOT_NODES": "7",
                                 "SGLANG_GRAFT_RADIX_FEED": "0", "SGLANG_GRAFT_EAGLE3": "1"})
     assert s.threshold is None and not s.radix_feed and s.eagle3
-    assert s.retrieval_plan(32).root_nodes == 7
-    assert GraftSettings.from_env({}).retrieval_plan(32).root_nodes == 31
+    assert s.recipe(32).plan.root_nodes == 7
+    assert GraftSettings.from_env({}).recipe(32).plan.root_nodes == 31
 
 
 def test_paper_mode_settings() -> None:
@@ -177,16 +177,17 @@ def test_paper_mode_settings() -> None:
                                                                  (0.3, 0.2, 0.1))
     policy = s.stage_policy()
     assert policy is not None and [policy.draft_quota(i, 61) for i in range(3)] == [8, 24, 40]
-    assert s.graft_config(32).threshold is None and s.stop_below is None
-    assert s.retrieval_plan(32).max_slots == 0  # the successor table alone
+    assert s.recipe(32).config.threshold is None and s.recipe(32).stop.stop_below is None
+    assert s.recipe(32).plan.max_slots == 0  # the successor table alone
     s = GraftSettings.from_env({"SGLANG_GRAFT_MODE": "graft-paper", "SGLANG_GRAFT_RETRIEVAL":
                                 "both", "SGLANG_GRAFT_STAGE_LEVELS": "0,2",
                                 "SGLANG_GRAFT_STAGE_THRESHOLDS": "0.4,0.2"})
     assert s.retrieval == "both" and s.stage_policy().levels == (0, 2)
-    assert s.retrieval_plan(32).root_nodes == 31
+    assert s.recipe(32).plan.root_nodes == 31
     graft = GraftSettings.from_env({"SGLANG_GRAFT_THRESHOLD": "0.2"})
-    assert graft.stage_policy() is None and graft.stop_below == 0.2
-    assert not graft.graft_config(32).check_inputs  # no host reads in a server's step
+    assert graft.stage_policy() is None and graft.recipe(32).stop.stop_below == 0.2
+    # no host reads in a server's step
+    assert not GraftState(graft, 32, None).step.config.check_inputs
     for env, match in [
         ({"SGLANG_GRAFT_MODE": "eagle"}, "SGLANG_GRAFT_MODE must be one of"),
         ({"SGLANG_GRAFT_RETRIEVAL": "radix"}, "SGLANG_GRAFT_RETRIEVAL must be one of"),
@@ -389,11 +390,14 @@ def test_graft_metrics_beside_spec_accept_length() -> None:
     # load_plugins applied the AFTER hook on the method that writes avg_spec_accept_length
     assert hasattr(SchedulerInternalStateController._add_speculative, "__wrapped__")
     state = GraftState(GraftSettings(), 8, None)
-    state.steps, state.accepted_draft, state.accepted_grafted = 3, 6, 2
+    draft, retrieved = int(NodeSource.DRAFT), int(NodeSource.RETRIEVED)
+    source = torch.tensor([[0, draft, retrieved, draft | retrieved, 0]])
+    for _ in range(3):  # root, a draft node, a grafted one, a merged one (counts as draft)
+        state.accepts.add(source, torch.tensor([[0, 1, 2, 3, -1]]), torch.tensor([4]))
     state.stops = {1: 4, 0: 2}
     assert graft_metrics(state) == {"graft_steps": 3, "graft_accepted_draft_tokens": 6,
-                                    "graft_accepted_grafted_tokens": 2,
-                                    "graft_grafted_share": 0.25,
+                                    "graft_accepted_grafted_tokens": 3,
+                                    "graft_grafted_share": 1 / 3,
                                     "graft_draft_stops_after_level_0": 2,
                                     "graft_draft_stops_after_level_1": 4}
 
@@ -413,6 +417,26 @@ def test_request_state_follows_sglang_reqs() -> None:
     state.finish("r0")
     state.finish("r0")  # finishing twice (abort after finish) is harmless
     assert sorted(state.retriever.live_requests) == ["r1"] and "r0" not in state.indexed
+
+
+def test_requests_retrieve_only_their_tenants_text() -> None:
+    """The request sync gives the retriever each request's radix-cache namespace
+    (``extra_key``, ``cache_salt``) as its tenant: a finished request's text reaches later
+    requests of that tenant only."""
+    from sglang.srt.managers.schedule_batch import Req
+    from sglang.srt.sampling.sampling_params import SamplingParams
+
+    state = GraftState(GraftSettings(radix_feed=False), 8, None)
+    first = Req("a", "", array("q", [1, 2, 3]), SamplingParams(), cache_salt="A")
+    first.output_ids.extend([5, 6, 7, 40, 41, 42])  # "5 6 7" continues with 40 only here
+    state.sync([first])
+    state.finish("a")  # its text joins its tenant's shared corpus
+    for rid, salt, key, sees in (("b", "B", None, False), ("c", "A", None, True),
+                                 ("d", None, None, False), ("e", "A", "lora", False)):
+        req = Req(rid, "", array("q", [9, 5, 6, 7]), SamplingParams(), cache_salt=salt,
+                  extra_key=key)
+        state.sync([req])
+        assert (state.retriever.propose(rid, (), 4).tokens[:1] == [40]) == sees, rid
 
 
 def test_plugin_step_loop_is_lossless_against_greedy_decoding() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import types
+from array import array
 from pathlib import Path
 
 import pytest
@@ -20,13 +21,15 @@ from sglang.srt.plugins import load_plugins  # noqa: E402
 from sglang.srt.runtime_context import get_context  # noqa: E402
 from sglang.srt.server_args import prepare_server_args  # noqa: E402
 from sglang.srt.speculative.eagle_info import EagleDraftInput  # noqa: E402
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 from graft_sglang.plugin.settings import GraftSettings  # noqa: E402
-from graft_sglang.plugin.verify_input import step_tree  # noqa: E402
-from graft_sglang.plugin.worker import GraftDraftWorker, GraftState  # noqa: E402
+from graft_sglang.plugin.verify_input import build_graft_verify_input, step_tree  # noqa: E402
+from graft_sglang.plugin.worker import GraftDraftWorker, GraftState, all_candidates  # noqa: E402
 from graft_sglang.stages import StagePolicy  # noqa: E402
 from graft_sglang.tree.builder import NodeSource  # noqa: E402
+from graft_sglang.tree.layout import TreeMaskMode, tree_mask  # noqa: E402
+from tests.host_reads import HostReads, OnDevice, on_device  # noqa: E402
+from tests.random_inputs import eagle_loop_lists  # noqa: E402
 
 torch.set_num_threads(1)
 load_plugins()
@@ -171,10 +174,10 @@ def test_a_confident_request_keeps_the_batch_drafting(sglang_context) -> None:
     assert quotas == [15, policy.draft_quota(0, 16)] and quotas[1] < quotas[0]
     # a successor table with every row filled, so retrieval can take the freed slots
     gen = torch.Generator().manual_seed(5)
-    worker.graft.proposer.observe_verified(torch.arange(VOCAB),
-                                           torch.randn(VOCAB, VOCAB, generator=gen))
-    tree = step_tree(worker.graft.proposer, ["a", "b"], torch.tensor([1, 2]),
-                     torch.tensor([10, 10]), parent_list, scores, tokens, topk, policy)
+    worker.graft.step.observe_verified(torch.arange(VOCAB),
+                                       torch.randn(VOCAB, VOCAB, generator=gen))
+    tree, _ = step_tree(worker.graft.step, ["a", "b"], torch.tensor([1, 2]),
+                        torch.tensor([10, 10]), parent_list, scores, tokens, topk)
     draft_nodes = ((tree.source & NodeSource.DRAFT) > 0).sum(dim=1).tolist()
     assert draft_nodes[1] == quotas[1] < draft_nodes[0]
 
@@ -190,19 +193,79 @@ def test_graft_mode_stops_when_everything_deeper_is_pruned(sglang_context) -> No
     assert high.draft_runner.calls == steps - 1
 
 
-class HostReads(TorchDispatchMode):
-    """Counts operators that bring a tensor value to the host (``.item()``, ``bool()``,
-    ``int()``, ``.tolist()`` of a scalar, copies to the CPU)."""
+def test_on_device_sees_every_way_to_the_host() -> None:
+    """The counters can fail: each host read of an ``OnDevice`` tensor is seen."""
+    t = on_device(torch.arange(6).view(2, 3))
+    OnDevice.to_host.clear()
+    with HostReads() as host:
+        (t + 1).sum(dim=1).tolist()
+        t.max(dim=1).values.cpu()
+        t.to("cpu", torch.int32)
+        bool((t > 2).any())
+        assert type(t.to(torch.int32)) is OnDevice  # a dtype change stays on the device
+    assert OnDevice.to_host == ["tolist", "cpu", "to", "__bool__"]
+    assert len(host.reads) == 1  # bool(): a scalar read
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.reads: list[str] = []
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = str(func)
-        if "_local_scalar_dense" in name or "is_nonzero" in name:
-            self.reads.append(name)
-        return func(*args, **(kwargs or {}))
+VERIFY_MODES = [TreeMaskMode.QLEN_ONLY, TreeMaskMode.QLEN_ONLY_BITPACKING, TreeMaskMode.FULL_MASK]
+
+
+@pytest.mark.parametrize("mode", VERIFY_MODES, ids=[m.name for m in VERIFY_MODES])
+@pytest.mark.parametrize("settings", [
+    GraftSettings(threshold=0.05),  # suffix retrieval below the root and one anchor
+    GraftSettings(mode="graft-paper", retrieval="both", stage_levels=(0, 1, 2),
+                  stage_thresholds=(0.5, 0.2, 0.1)),  # stage split, suffix and successor
+], ids=["graft", "graft-paper-both"])
+def test_verify_input_build_stays_on_the_device(settings: GraftSettings,
+                                                mode: TreeMaskMode) -> None:
+    """The whole ``build_graft_verify_input`` of a server step at bs 64, N 32 (draft loop
+    output, anchors, retrieval, tree, mask written into the backend's buffer) with every
+    input on the "device": no scalar read, at most one device-to-host copy (the anchors and
+    draft paths retrieval needs, only when the plan has anchors); then the accounting after
+    verify reads nothing either."""
+    from sglang.srt.layers.attention.verify_mask import VerifyMask
+    from sglang.srt.managers.schedule_batch import Req
+    from sglang.srt.sampling.sampling_params import SamplingParams
+
+    bs, n, topk, steps, context = 64, 32, 4, 4, 256
+    gen = torch.Generator().manual_seed(4)
+    state = GraftState(settings, n, VOCAB)
+    prompts = torch.randint(0, VOCAB, (bs, 40), generator=gen).tolist()
+    reqs = [Req(f"r{b}", "", array("q", p), SamplingParams()) for b, p in enumerate(prompts)]
+    rids = state.sync(reqs)
+    state.step.observe_verified(torch.arange(VOCAB), torch.randn(VOCAB, VOCAB, generator=gen))
+    lists = eagle_loop_lists(gen, bs, topk, steps, VOCAB)
+    seq_lens = torch.randint(40, 120, (bs,), generator=gen)
+    per_request = n * (context + n) if mode == TreeMaskMode.FULL_MASK else n * n
+    buffer = on_device(torch.zeros(bs * per_request, dtype=torch.bool))
+    backend = types.SimpleNamespace(model_runner=types.SimpleNamespace(
+        attn_backend=types.SimpleNamespace(verify_mask=VerifyMask(buffer, mode, bs))))
+    batch = types.SimpleNamespace(forward_mode=ForwardMode.DECODE, seq_lens=on_device(seq_lens),
+                                  seq_lens_sum=None)
+    draft_input = types.SimpleNamespace(
+        bonus_tokens=on_device(torch.randint(0, VOCAB, (bs,), generator=gen)))
+    candidates = [on_device(t) for t in all_candidates(*lists, n)]
+    OnDevice.to_host.clear()
+    with HostReads() as host:
+        vi = build_graft_verify_input(
+            batch, draft_input, *candidates, None, target_worker=backend, topk=topk,
+            num_steps=steps, num_draft_tokens=n, tree_mask_mode=mode, device="cpu",
+            step=state.step, rids=rids)
+    assert host.reads == []
+    copies = 1 if state.retriever is not None and state.recipe.plan.draft_anchors else 0
+    assert OnDevice.to_host == ["cpu"] * copies
+    assert vi.custom_mask is buffer
+    want = tree_mask(vi.tree.layout.ancestors.as_subclass(torch.Tensor), seq_lens, mode)
+    assert torch.equal(buffer.as_subclass(torch.Tensor).view(torch.uint8)[: want.numel()],
+                       want.view(torch.uint8))
+    assert bool((vi.tree.source & NodeSource.RETRIEVED > 0).any())  # retrieval took part
+    # the accounting after verify: device counters only
+    state.last_input = vi
+    accept_index = on_device(torch.arange(bs * n).view(bs, n)[:, :3])
+    with HostReads() as host:
+        state.account(accept_index, on_device(torch.full((bs,), 3)))
+    assert host.reads == [] and OnDevice.to_host == ["cpu"] * copies
+    assert state.steps == 1 and state.accepted_draft + state.accepted_grafted == 2 * bs
 
 
 def test_successor_update_and_walk_read_nothing_on_the_host() -> None:
@@ -216,24 +279,24 @@ def test_successor_update_and_walk_read_nothing_on_the_host() -> None:
     verify_input = types.SimpleNamespace(draft_token=verify_tokens)
     with HostReads() as host:
         state.observe(verify_input, types.SimpleNamespace(next_token_logits=logits))
-        walk = state.proposer.successor.propose(verify_tokens[:3], num_draft=20, check=False)
+        walk = state.step.successor.propose(verify_tokens[:3], num_draft=20, check=False)
     assert host.reads == []
     want = torch.softmax(logits[:, :VOCAB], -1).topk(10, dim=-1).indices
     last = {int(t): i for i, t in enumerate(verify_tokens.tolist())}  # later entries win
     for token, i in last.items():
-        row = state.proposer.successor.ids[token]
+        row = state.step.successor.ids[token]
         assert row.tolist() == want[i].tolist()
     assert bool(walk.valid.any())
     # rows past the tree's (graph padding at the end) are ignored; too few rows are refused
     padded = torch.cat([logits, torch.randn(5, VOCAB + 14, generator=gen)])
-    before = state.proposer.successor.ids.clone()
+    before = state.step.successor.ids.clone()
     state.observe(verify_input, types.SimpleNamespace(next_token_logits=padded))
-    assert torch.equal(state.proposer.successor.ids, before)
+    assert torch.equal(state.step.successor.ids, before)
     state.observe(verify_input, types.SimpleNamespace(next_token_logits=logits[:7]))
-    assert torch.equal(state.proposer.successor.ids, before)
+    assert torch.equal(state.step.successor.ids, before)
     # the checked entry point does read values (and refuses bad ones)
     with pytest.raises(ValueError, match="tokens"):
-        state.proposer.successor.update_from_logits(torch.tensor([VOCAB]), logits[:1])
+        state.step.successor.update_from_logits(torch.tensor([VOCAB]), logits[:1])
 
 
 def test_prefill_seeds_the_successor_table() -> None:
@@ -244,7 +307,7 @@ def test_prefill_seeds_the_successor_table() -> None:
     logits = torch.full((2, VOCAB), -5.0)
     logits[0, 11], logits[1, 12] = 5.0, 5.0
     state.observe_prefill(input_ids, [3, 2], types.SimpleNamespace(next_token_logits=logits))
-    table = state.proposer.successor
+    table = state.step.successor
     assert int(table.ids[5, 0]) == 11 and int(table.ids[8, 0]) == 12
     assert bool((table.ids[[3, 4, 7]] == -1).all())  # no logits there, rows left empty
 
@@ -269,7 +332,7 @@ def test_paper_step_loop_is_lossless_against_greedy_decoding(retrieval: str) -> 
     settings = GraftSettings(mode="graft-paper", retrieval=retrieval, stage_levels=(0, 1),
                              stage_thresholds=(0.5, 0.3))
     state = GraftState(settings, n, vocab)
-    assert isinstance(state.policy, StagePolicy)
+    assert isinstance(state.recipe.stages, StagePolicy)
     outputs = run_worker_steps(state, next_token, prompts, new_tokens, vocab, topk, steps, gen,
                                vary_levels=True)
     assert outputs == [greedy_reference(next_token, p, new_tokens) for p in prompts]

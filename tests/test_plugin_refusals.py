@@ -275,8 +275,8 @@ def test_pad_values_in_the_prompt_never_reach_a_tree() -> None:
     req = padded_request("r")
     assert state.sync([req]) == ["r"]
     lists = eagle_loop_lists(torch.Generator().manual_seed(0), 1, topk, steps, VOCAB)
-    tree = step_tree(state.proposer, ["r"], torch.tensor([6]), torch.tensor([8]),
-                     *all_candidates(*lists, num_draft_token=n), topk)
+    tree, _ = step_tree(state.step, ["r"], torch.tensor([6]), torch.tensor([8]),
+                        *all_candidates(*lists, num_draft_token=n), topk)
     assert bool((tree.tokens < VOCAB).all())
     grafted = (tree.source & NodeSource.RETRIEVED) > 0
     assert IMAGE in tree.tokens[grafted].tolist()  # retrieval did graft the prompt's text

@@ -1,6 +1,6 @@
 """Tensor-parallel consistency with real ``torch.distributed`` (gloo, 2 and 4 processes).
 
-Each rank runs the Graft state a TP rank of the SGLang worker runs (proposer, suffix retriever,
+Each rank runs the Graft state a TP rank of the SGLang worker runs (step, suffix retriever,
 radix feed; in graft-paper mode the stage split and the successor table too) on the inputs every
 rank sees alike (request arrivals, draft candidates, accepted tokens, cache inserts / evictions,
 verify logits), and the ranks compare their trees and retrieval state after every step. The
@@ -33,8 +33,9 @@ from graft_sglang.plugin.settings import GraftSettings, server_settings
 from graft_sglang.plugin.tp import agree_settings, broadcast_tree, trees_agree
 from graft_sglang.plugin.verify_input import step_tree
 from graft_sglang.plugin.worker import GraftState, all_candidates
-from graft_sglang.proposer import GraftProposer
+from graft_sglang.retrieval.successor import SuccessorTable
 from graft_sglang.retrieval.suffix import SuffixRetriever
+from graft_sglang.step import GraftStep
 from graft_sglang.tree.builder import GraftTree
 from graft_sglang.tree.layout import tree_layout
 from tests.random_inputs import eagle_draft, eagle_loop_lists
@@ -71,8 +72,7 @@ def _accepted_path(tree: GraftTree, b: int, length: int) -> list[int]:
 def _deterministic_build(rank: int) -> None:
     settings = GraftSettings()
     retriever = SuffixRetriever(settings.suffix_config())
-    proposer = GraftProposer(settings.graft_config(BUDGET), retriever,
-                             settings.retrieval_plan(BUDGET))
+    graft = GraftStep(settings.recipe(BUDGET), retriever, check_inputs=False)
     feed = RadixFeed(retriever, max_documents=6)
     gen = torch.Generator().manual_seed(1234)  # the inputs all ranks share
     live: dict[str, list[int]] = {}
@@ -80,24 +80,24 @@ def _deterministic_build(rank: int) -> None:
         if step % 3 == 0 or not live:  # a request joins
             rid = f"r{step}"
             live[rid] = torch.randint(0, VOCAB, (8,), generator=gen).tolist()
-            proposer.start(rid, live[rid])
+            graft.start(rid, live[rid])
         if step % 7 == 6 and len(live) > 1:  # a request leaves; the cache keeps its text
             rid = next(iter(live))
             feed.on_insert(tuple(live.pop(rid)))
-            proposer.finish(rid)
+            graft.finish(rid)
         if step % 11 == 10:
             feed.on_evict(cache_tokens=20)
         rids = sorted(live)
         draft = eagle_draft(gen, len(rids), TOPK, DEPTH, VOCAB)
         roots = torch.tensor([live[r][-1] for r in rids])
         seq_lens = torch.tensor([len(live[r]) for r in rids])
-        tree = proposer.build(rids, roots, seq_lens, draft)
+        tree, _ = graft.build(rids, roots, seq_lens, draft)
         assert trees_agree(tree), f"rank {rank}: trees differ at step {step}"
         for b, rid in enumerate(rids):
             length = int(torch.randint(1, DEPTH + 2, (1,), generator=gen))
             accepted = _accepted_path(tree, b, length)
             live[rid] += accepted
-            proposer.commit(rid, accepted)
+            graft.commit(rid, accepted)
         assert _all_equal(_retrieval_fingerprint(retriever, rids)), \
             f"rank {rank}: retrieval state differs at step {step}"
     # the check can fail: a rank-dependent corpus gives different retrieval state
@@ -114,41 +114,41 @@ def _paper_build(rank: int) -> None:
     settings = GraftSettings(mode="graft-paper", retrieval="both", stage_levels=(0, 1),
                              stage_thresholds=(0.5, 0.3))
     state = GraftState(settings, BUDGET, VOCAB)
-    proposer, table = state.proposer, state.proposer.successor
+    graft, table = state.step, state.step.successor
     gen = torch.Generator().manual_seed(99)  # the inputs all ranks share
     live = {f"r{i}": torch.randint(0, VOCAB, (6,), generator=gen).tolist() for i in range(3)}
     for rid, prompt in live.items():
-        proposer.start(rid, prompt)
+        graft.start(rid, prompt)
     for step in range(STEPS):
         rids = sorted(live)
         levels = int(torch.randint(1, DEPTH + 1, (1,), generator=gen))
         lists = eagle_loop_lists(gen, len(rids), TOPK, levels, VOCAB)
         roots = torch.tensor([live[r][-1] for r in rids])
         seq_lens = torch.tensor([len(live[r]) for r in rids])
-        tree = step_tree(proposer, rids, roots, seq_lens, *all_candidates(*lists, BUDGET), TOPK,
-                         state.policy)
+        tree, _ = step_tree(graft, rids, roots, seq_lens, *all_candidates(*lists, BUDGET),
+                            TOPK)
         assert trees_agree(tree), f"rank {rank}: trees differ at step {step}"
         logits = torch.randn(len(rids) * BUDGET, VOCAB, generator=gen)
-        proposer.observe_verified(tree.tokens.reshape(-1), logits)
+        graft.observe_verified(tree.tokens.reshape(-1), logits)
         assert _all_equal(table.ids) and _all_equal(table.probs), \
             f"rank {rank}: successor tables differ at step {step}"
         for b, rid in enumerate(rids):
             accepted = _accepted_path(tree, b, int(torch.randint(1, DEPTH + 2, (1,),
                                                                  generator=gen)))
             live[rid] += accepted
-            proposer.commit(rid, accepted)
+            graft.commit(rid, accepted)
     # the check can fail: rank-dependent logits give different tables
-    proposer.observe_verified(torch.tensor([rank % VOCAB]), torch.randn(1, VOCAB) + rank)
+    graft.observe_verified(torch.tensor([rank % VOCAB]), torch.randn(1, VOCAB) + rank)
     assert not (_all_equal(table.ids) and _all_equal(table.probs))
 
 
 def _broadcast(rank: int) -> None:
     gen = torch.Generator().manual_seed(rank)  # every rank drafts something else
-    proposer = GraftProposer(GraftSettings().graft_config(BUDGET), None,
-                             GraftSettings().retrieval_plan(BUDGET))
+    graft = GraftStep(GraftSettings(retrieval="successor").recipe(BUDGET),
+                         successor=SuccessorTable(VOCAB), check_inputs=False)
     draft = eagle_draft(gen, 2, TOPK, DEPTH, VOCAB)
     seq_lens = torch.tensor([5, 11])
-    tree = proposer.build(["a", "b"], torch.tensor([1, 2]), seq_lens, draft)
+    tree, _ = graft.build(["a", "b"], torch.tensor([1, 2]), seq_lens, draft)
     assert not trees_agree(tree)
     shared = broadcast_tree(tree, lambda t: dist.broadcast(t, src=0))
     assert trees_agree(shared)

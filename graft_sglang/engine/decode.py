@@ -8,7 +8,6 @@ reference. Greedy verification uses ``verify_tree_greedy``; sampling (temperatur
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,10 +17,10 @@ import torch
 from graft_sglang.engine.cached_lm import CachedLM
 from graft_sglang.engine.drafters.base import Drafter
 from graft_sglang.engine.methods import Method
-from graft_sglang.proposer import GraftProposer
-from graft_sglang.retrieval.successor import SuccessorTable
-from graft_sglang.retrieval.suffix import SuffixRetriever
-from graft_sglang.tree.builder import GraftTree, build_graft_tree, count_grafted
+from graft_sglang.retrieval.base import PackedRetrievalSource
+from graft_sglang.retrieval.native import suffix_retriever
+from graft_sglang.step import GraftStep
+from graft_sglang.tree.builder import GraftTree, count_grafted
 from graft_sglang.tree.draft import DraftCandidates
 from graft_sglang.verify import target_probs, verify_tree_greedy, verify_tree_target_only
 
@@ -82,11 +81,11 @@ class SpeculativeEngine:
     """Runs any ``Method`` with a target model, an optional drafter and retrieval."""
 
     def __init__(self, target: torch.nn.Module, drafter: Drafter | None = None,
-                 shared_retriever: SuffixRetriever | None = None) -> None:
+                 shared_retriever: PackedRetrievalSource | None = None) -> None:
         """``shared_retriever``: one suffix retriever for every request, so finished requests
         feed its shared corpus (pass a fresh one per method when comparing methods, or a
         method would retrieve another method's output). ``None``: a fresh retriever per
-        request, which sees only that request's own text."""
+        request (``native.suffix_retriever``), which sees only that request's own text."""
         self.target_model = target
         self.drafter = drafter
         self.vocab_size = int(target.config.vocab_size)
@@ -144,6 +143,17 @@ class SpeculativeEngine:
         return False
 
     # -- speculative ----------------------------------------------------------------------
+    def step_for(self, method: Method) -> GraftStep:
+        """The step one request of ``method`` runs: the method's recipe with the shared suffix
+        retriever (or a fresh one) and a fresh successor table, where the recipe uses them."""
+        recipe = method.recipe
+        if recipe is None:
+            raise ValueError(f"method {method.name!r} builds no tree")
+        suffix = None
+        if recipe.uses_suffix:
+            suffix = self.shared_retriever or suffix_retriever()
+        return GraftStep.for_recipe(recipe, suffix, vocab_size=self.vocab_size)
+
     def _speculative(self, prompt: list[int], method: Method, sampling: Sampling) -> Generation:
         drafter = self.drafter if method.draft else None
         feature_layers = drafter.feature_layers if drafter is not None else ()
@@ -152,31 +162,26 @@ class SpeculativeEngine:
         rng = torch.Generator().manual_seed(sampling.seed)
         rid = f"req{self._rid}"
         self._rid += 1
-        table = (SuccessorTable(self.vocab_size) if method.retrieval in ("successor", "both")
-                 else None)
-        proposer = GraftProposer(method.config,
-                                 (self.shared_retriever or SuffixRetriever())
-                                 if method.retrieval in ("suffix", "both") else None,
-                                 method.plan, table)
+        step = self.step_for(method)
 
         t0 = time.perf_counter()
         if len(prompt) > 1:
             # The successor table learns from every prompt position's logits.
             logits, feats = lm.forward(torch.tensor(prompt[:-1]), torch.arange(len(prompt) - 1),
-                                       last_logits_only=table is None)
-            proposer.observe_verified(torch.tensor(prompt[:-1]), logits)
+                                       last_logits_only=step.successor is None)
+            step.observe_verified(torch.tensor(prompt[:-1]), logits)
         else:
             feats = {layer: torch.zeros(0) for layer in feature_layers}
         if drafter is not None:
             drafter.reset()
             drafter.observe(torch.tensor(prompt[:-1]), feats)
-        proposer.start(rid, prompt)
+        step.start(rid, prompt)
         gen.seconds["prefill"] = time.perf_counter() - t0
         root = prompt[-1]
         try:
             while True:
                 before = dict(gen.seconds)
-                tree, window = self._step_tree(gen, method, proposer, drafter, rid, root,
+                tree, window = self._step_tree(gen, method, step, drafter, rid, root,
                                                lm.cached_len)
                 t0 = time.perf_counter()
                 logits, feats = lm.forward(tree.tokens[0], tree.layout.positions[0],
@@ -205,50 +210,40 @@ class SpeculativeEngine:
                 if self._append_stopping(gen, tokens, sampling):
                     gen.log_step(window, k, grafted, before)
                     return gen
-                proposer.observe_verified(tree.tokens[0], logits)  # successor table rows
+                step.observe_verified(tree.tokens[0], logits)  # successor table rows
                 start = lm.cached_len - window
                 lm.keep(start, nodes)
                 if drafter is not None:
                     drafter.observe(torch.tensor([root, *tokens[:-1]]),
                                     {layer: f[nodes] for layer, f in feats.items()})
-                proposer.commit(rid, tokens)
+                step.commit(rid, tokens)
                 root = tokens[-1]
                 gen.seconds["commit"] += time.perf_counter() - t0
                 gen.log_step(window, k, grafted, before)
         finally:
-            proposer.finish(rid)
+            step.finish(rid)
 
     def _step_tree(
-        self, gen: Generation, method: Method, proposer: GraftProposer,
-        drafter: Drafter | None, rid: str, root: int, seq_len: int,
+        self, gen: Generation, method: Method, step: GraftStep, drafter: Drafter | None,
+        rid: str, root: int, seq_len: int,
     ) -> tuple[GraftTree, int]:
         """Draft, retrieve and build this step's tree; returns it and its verified width."""
-        config = method.config
+        rule = method.recipe.stop
         t0 = time.perf_counter()
+        quotas = None
         if drafter is not None:
             before = getattr(drafter, "forward_count", 0)
-            stage = torch.full((1,), -1)  # the checkpoint that stopped drafting, if any
-
-            def stop(level: int, best: float) -> bool:
-                nonlocal stage
-                if method.stages is not None:
-                    stage = method.stages.advance(stage, level, torch.tensor([best]))
-                return bool(stage[0] >= 0) or (
-                    method.stop_below is not None and best < method.stop_below)
-
-            early = method.stages is not None or method.stop_below is not None
-            draft = drafter.propose(root, method.topk, method.depth, stop if early else None)
+            draft = drafter.propose(root, method.topk, method.depth,
+                                    rule.for_one_request() if rule.active else None)
             gen.draft_forwards += getattr(drafter, "forward_count", 0) - before
-            if method.stages is not None and bool(stage[0] >= 0):
-                config = dataclasses.replace(config, draft_quota=int(
-                    method.stages.draft_quotas(stage, config.budget)[0]))
+            quotas = step.draft_quotas(draft, method.topk)  # the checkpoint each stopped at
         else:
             draft = DraftCandidates.empty(1)
         t1 = time.perf_counter()
         roots, lens = torch.tensor([root]), torch.tensor([seq_len])
-        retrieved = proposer.candidates([rid], roots, draft)  # sources compete for the budget
+        retrieved = step.retrieve([rid], roots, draft, quotas)  # sources compete for the budget
         t2 = time.perf_counter()
-        tree = build_graft_tree(roots, lens, draft, retrieved, config)
+        tree, _ = step.tree(roots, lens, draft, retrieved, quotas)
         if method.trim:
             tree = tree.truncated(int(tree.num_real[0]))
         t3 = time.perf_counter()

@@ -8,7 +8,6 @@ every output equals the reference.
 
 from __future__ import annotations
 
-import importlib
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -19,11 +18,11 @@ import torch
 from graft_sglang.calibration import Calibration, load_calibration
 from graft_sglang.engine.decode import Generation, Sampling, SpeculativeEngine
 from graft_sglang.engine.drafters.base import Drafter
+from graft_sglang.engine.drafters.eagle3 import load_eagle3_drafter
 from graft_sglang.engine.drafters.lm import LMDrafter, truncated_copy
 from graft_sglang.engine.methods import Method
-from graft_sglang.retrieval.suffix import SuffixRetriever
+from graft_sglang.retrieval.native import suffix_retriever
 
-EAGLE3_MODULE = "graft_sglang.engine.drafters.eagle3"
 BAD_DRAFTER_LAYERS = 1  # the cheapest truncated copy; deeper copies agree no better (3-10%)
 
 
@@ -44,13 +43,13 @@ def stop_ids(tokenizer: object) -> tuple[int, ...]:
 
 
 def default_drafter(target: torch.nn.Module) -> tuple[Drafter, str]:
-    """The EAGLE-3 head if ``drafters/eagle3.py`` and its weights exist, else the truncated
-    copy of the target. Returns the drafter and a description."""
+    """The committed EAGLE-3 head if its weights are present, else the truncated copy of the
+    target. Returns the drafter and a description. Only missing weights fall back (the
+    description says so); a head that fails to load raises."""
     try:
-        eagle3 = importlib.import_module(EAGLE3_MODULE)
-        return eagle3.load_eagle3_drafter(target), "EAGLE-3 head (drafters/eagle3.py)"
-    except (ImportError, AttributeError, FileNotFoundError) as err:
-        reason = f"{type(err).__name__}: {err}"
+        return load_eagle3_drafter(target), "EAGLE-3 head (drafters/eagle3.py)"
+    except FileNotFoundError as err:
+        reason = str(err)
     name = f"truncated target, first {BAD_DRAFTER_LAYERS} layer(s) (no EAGLE-3 head: {reason})"
     return LMDrafter(truncated_copy(target, BAD_DRAFTER_LAYERS), "truncated"), name
 
@@ -123,7 +122,7 @@ def run_method(
     """Generate every prompt with ``method``; a fresh shared retriever per method, so no
     method retrieves another method's output (earlier prompts' outputs of the same method
     do feed it, as in serving)."""
-    engine.shared_retriever = SuffixRetriever()
+    engine.shared_retriever = suffix_retriever()
     run = MethodRun(method.name, settings)
     for i, prompt in enumerate(prompts):
         t0 = time.perf_counter()

@@ -28,23 +28,9 @@ from typing import Any
 import torch
 from sglang.srt.model_executor.runner_utils.capture_mode import get_is_capture_mode
 
-from graft_sglang.stages import StagePolicy
+from graft_sglang.stages import StopRule
 
 SelectTopK = Callable[..., tuple[Any, Any, Any, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]
-
-
-def level_stops(policy: StagePolicy | None, stop_below: float | None, stage: torch.Tensor,
-                level: int, best: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The stop rule after draft level ``level``: best [bs] the level's best path confidence,
-    stage [bs] the checkpoint each request stopped at so far (-1: none). Returns the updated
-    stages and [bs] bool, which requests need no deeper level (a checkpoint stopped them, or
-    in graft mode everything deeper would be pruned)."""
-    if policy is not None:
-        stage = policy.advance(stage, level, best)
-    stopped = stage >= 0
-    if stop_below is not None:
-        stopped = stopped | (best < stop_below)
-    return stage, stopped
 
 
 class StopDrafting(Exception):
@@ -58,30 +44,21 @@ class StopDrafting(Exception):
 class CheckpointedSelect:
     """Drop-in for ``select_top_k_tokens(i, topk_p, topk_index, hidden_states, scores, topk)``
     that records each level's ``tree_info`` and raises ``StopDrafting`` when the whole batch has
-    stopped. One instance per draft loop (``lists`` are its score / token / parent lists).
-    ``decide``: [bs] bool (which requests stopped) -> whether the loop stops; every TP rank
-    must return the same answer (default: all of them stopped)."""
+    stopped (the recipe's ``StopRule``, the engine's too). One instance per draft loop
+    (``lists`` are its score / token / parent lists). ``decide``: [bs] bool (which requests
+    stopped) -> whether the loop stops; every TP rank must return the same answer (default: all
+    of them stopped)."""
 
-    def __init__(self, select: SelectTopK, num_steps: int, policy: StagePolicy | None,
-                 stop_below: float | None,
+    def __init__(self, select: SelectTopK, num_steps: int, rule: StopRule,
                  decide: Callable[[torch.Tensor], bool] = lambda stopped: bool(stopped.all()),
                  ) -> None:
         self.select = select
         self.decide = decide
         self.num_steps = num_steps
-        self.policy = policy
-        self.stop_below = stop_below
+        self.rule = rule
         self.lists: tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]] = (
             [], [], [])
         self.stage: torch.Tensor | None = None  # [bs] int64, -1: not stopped by a checkpoint
-
-    def checked(self, level: int) -> bool:
-        """Whether ``level`` is worth a host read: a checkpoint, or (graft mode) any level
-        that still has draft forwards after it."""
-        if level >= self.num_steps - 1:  # the last level: nothing left to save
-            return False
-        return self.stop_below is not None or (
-            self.policy is not None and level in self.policy.levels)
 
     def __call__(self, i: int, topk_p: torch.Tensor, topk_index: torch.Tensor,
                  hidden_states: torch.Tensor, scores: torch.Tensor | None, topk: int) -> tuple:
@@ -89,12 +66,12 @@ class CheckpointedSelect:
         tree_info = out[3]
         for target, value in zip(self.lists, tree_info, strict=True):
             target.append(value)
-        if not self.checked(i):  # every checkpoint level before the last is checked
+        if not self.rule.worth_checking(i, self.num_steps):  # a host read saves nothing
             return out
         best = tree_info[0].flatten(1).amax(dim=1)  # [bs] the level's best path confidence
         if self.stage is None:
             self.stage = torch.full_like(best, -1, dtype=torch.int64)
-        self.stage, stopped = level_stops(self.policy, self.stop_below, self.stage, i, best)
+        self.stage, stopped = self.rule.after_level(self.stage, i, best)
         if self.decide(stopped):  # the one host read of the level
             raise StopDrafting(i)
         return out

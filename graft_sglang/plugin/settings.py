@@ -18,14 +18,11 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from graft_sglang.calibration import DEFAULT_THRESHOLD, Calibration, load_calibration
-from graft_sglang.proposer import RetrievalPlan
+from graft_sglang.recipe import MODES, OWN_SOURCE, RETRIEVAL_SOURCES, Recipe, make_recipe
 from graft_sglang.retrieval.suffix import SuffixConfig
 from graft_sglang.stages import StagePolicy
-from graft_sglang.tree.builder import GraftConfig
 
 PREFIX = "SGLANG_GRAFT_"
-MODES = ("graft", "graft-paper")
-RETRIEVAL_SOURCES = ("suffix", "successor", "both")
 _FLAGS = {"1": True, "true": True, "0": False, "false": False}
 _MALFORMED = object()  # a variable's text its parser refused
 
@@ -178,8 +175,7 @@ class GraftSettings:
             if not decl.check(value):
                 raise ValueError(f"{env_name(f.name)} must be {decl.allowed}, got {value!r}")
         if self.retrieval is None:  # the mode's own source
-            object.__setattr__(self, "retrieval",
-                               "successor" if self.mode == "graft-paper" else "suffix")
+            object.__setattr__(self, "retrieval", OWN_SOURCE[self.mode])
         if self.mode == "graft-paper":
             try:
                 self.stage_policy()
@@ -234,27 +230,16 @@ class GraftSettings:
         return StagePolicy(levels=levels, thresholds=tuple(self.stage_thresholds),
                            draft_shares=shares)
 
-    @property
-    def stop_below(self) -> float | None:
-        """graft mode: stop drafting once every request's best path is below the threshold
-        (everything deeper would be pruned)."""
-        return self.threshold if self.mode == "graft" else None
-
-    def graft_config(self, budget: int, vocab_size: int | None = None) -> GraftConfig:
-        """The builder's settings in a server: no per-step input checks (host reads); graft
-        prunes below the threshold it also stops drafting at, graft-paper by the stage's draft
-        quota (per request) alone."""
-        return GraftConfig(budget=budget, threshold=self.stop_below, relative=self.relative,
-                           retrieval_weight=self.retrieval_weight, vocab_size=vocab_size,
-                           check_inputs=False)
-
-    def retrieval_plan(self, budget: int) -> RetrievalPlan:
-        if self.retrieval == "successor":
-            return RetrievalPlan(0, 0, 0)
-        root = budget - 1 if self.root_nodes is None else self.root_nodes
-        anchor = max(1, budget // 4) if self.anchor_nodes is None else self.anchor_nodes
-        return RetrievalPlan(root_nodes=root, draft_anchors=self.draft_anchors,
-                             anchor_nodes=anchor)
+    def recipe(self, budget: int, vocab_size: int | None = None) -> Recipe:
+        """The mode's recipe for trees of ``budget`` nodes (``--speculative-num-draft-tokens``):
+        ``recipe.make_recipe`` with these settings, as the offline engine builds it. graft
+        prunes below the threshold it also stops drafting at; graft-paper by each request's
+        stage split alone."""
+        return make_recipe(self.mode, budget, threshold=self.threshold, relative=self.relative,
+                           retrieval_weight=self.retrieval_weight, retrieval=self.retrieval,
+                           root_nodes=self.root_nodes, draft_anchors=self.draft_anchors,
+                           anchor_nodes=self.anchor_nodes, stages=self.stage_policy(),
+                           successor_k=self.successor_k, vocab_size=vocab_size)
 
     def suffix_config(self) -> SuffixConfig:
         return SuffixConfig(shared_capacity=self.shared_capacity,

@@ -17,8 +17,7 @@ import torch
 from sglang.srt.speculative.eagle_info import EagleVerifyInput
 
 from graft_sglang.plugin.tp import broadcast_tree
-from graft_sglang.proposer import GraftProposer
-from graft_sglang.stages import StagePolicy
+from graft_sglang.step import GraftStep
 from graft_sglang.tree.builder import GraftTree
 from graft_sglang.tree.draft import DraftCandidates, eagle_candidate_parents
 from graft_sglang.tree.layout import TreeMaskMode, tree_mask
@@ -78,14 +77,16 @@ def write_mask(mask: torch.Tensor, buffer: torch.Tensor) -> torch.Tensor:
 
 def build_verify_input(
     tree: GraftTree, seq_lens: torch.Tensor, mode: TreeMaskMode | int, *, topk: int,
-    num_steps: int, mask_buffer: torch.Tensor | None = None,
+    num_steps: int, mask_buffer: torch.Tensor | None = None, mask: torch.Tensor | None = None,
 ) -> GraftVerifyInput:
-    """SGLang's verify input for ``tree`` (mask in ``mode``'s layout, written into
-    ``mask_buffer`` when the backend owns one)."""
+    """SGLang's verify input for ``tree``: its mask in ``mode``'s layout is ``mask`` when the
+    build wrote it already, else computed from the layout (and written into ``mask_buffer``
+    when the backend owns one)."""
     n = tree.budget
-    mask = tree_mask(tree.layout.ancestors, seq_lens, mode)
-    if mask_buffer is not None:
-        mask = write_mask(mask, mask_buffer)
+    if mask is None:
+        mask = tree_mask(tree.layout.ancestors, seq_lens, mode)
+        if mask_buffer is not None:
+            mask = write_mask(mask, mask_buffer)
     return GraftVerifyInput(
         draft_token=tree.tokens.reshape(-1),
         custom_mask=mask,
@@ -105,41 +106,48 @@ def build_verify_input(
 
 
 def step_tree(
-    proposer: GraftProposer, rids: Sequence[str], roots: torch.Tensor, seq_lens: torch.Tensor,
-    parent_list: torch.Tensor, scores: torch.Tensor, tokens: torch.Tensor, topk: int,
-    policy: StagePolicy | None = None,
-) -> GraftTree:
+    step: GraftStep, rids: Sequence[str], roots: torch.Tensor, seq_lens: torch.Tensor,
+    parent_list: torch.Tensor, scores: torch.Tensor, tokens: torch.Tensor, topk: int, *,
+    mask_mode: TreeMaskMode | int | None = None, mask_out: torch.Tensor | None = None,
+    seq_lens_sum: int | None = None,
+) -> tuple[GraftTree, torch.Tensor | None]:
     """One step's Graft trees from the draft loop's output (``all_candidates``): roots [bs],
-    seq_lens [bs]; with ``policy``, each request's draft quota is its stage's split."""
+    seq_lens [bs]; each request's draft quota is its checkpoint stage's split (graft-paper).
+    Returns (tree, mask) as ``GraftStep.build`` (the mask in ``mask_mode``'s layout, written
+    into ``mask_out`` when given)."""
     draft = draft_candidates(parent_list, scores, tokens, topk)
-    quotas = None
-    if policy is not None:
-        quotas = policy.draft_quotas(policy.stages_from_scores(draft.scores, topk),
-                                     proposer.config.budget)
-    return proposer.build(rids, roots, seq_lens, draft, draft_quotas=quotas)
+    return step.build(rids, roots, seq_lens, draft, step.draft_quotas(draft, topk),
+                      mask_mode=mask_mode, mask_out=mask_out, seq_lens_sum=seq_lens_sum)
 
 
 def build_graft_verify_input(
     batch: Any, draft_input: Any, parent_list: torch.Tensor, scores: torch.Tensor,
     tokens: torch.Tensor, draft_probs: torch.Tensor | None, *, target_worker: Any, topk: int,
     num_steps: int, num_draft_tokens: int, tree_mask_mode: TreeMaskMode | int, device: str,
-    proposer: GraftProposer, rids: Sequence[str],
+    step: GraftStep, rids: Sequence[str],
     broadcast: Callable[[torch.Tensor], object] | None = None,
-    policy: StagePolicy | None = None,
 ) -> EagleVerifyInput:
     """Drop-in for SGLang's ``build_eagle_verify_input`` (same positional arguments), with the
     draft loop's (parent_list, scores, tokens) in place of (parent_list, top_scores_index,
-    draft_tokens). ``broadcast`` (TP safety switch) replaces the tree by TP rank 0's;
-    ``policy``: graft-paper's checkpoints, which set each request's draft quota."""
+    draft_tokens). The build writes the mask straight into the backend's verify-mask buffer
+    when the batch fits it (as SGLang's own build does), else into a fresh tensor.
+    ``broadcast`` (TP safety switch) replaces the tree by TP rank 0's, whose mask is then
+    computed from its layout."""
     if batch.forward_mode.is_idle():
         return EagleVerifyInput.create_idle_input(topk, num_steps, num_draft_tokens, device)
-    tree = step_tree(proposer, rids, draft_input.bonus_tokens, batch.seq_lens, parent_list,
-                     scores, tokens, topk, policy)
-    if broadcast is not None:
-        tree = broadcast_tree(tree, broadcast)
     verify_mask = target_worker.model_runner.attn_backend.verify_mask
     mode = tree_mask_mode if verify_mask is None else verify_mask.mode
-    buffer = verify_mask.buffer if verify_mask is not None and verify_mask.fits(
-        tree.batch_size) else None
+    bs = batch.seq_lens.shape[0]
+    buffer = verify_mask.buffer if verify_mask is not None and verify_mask.fits(bs) else None
+    if broadcast is not None:
+        tree, _ = step_tree(step, rids, draft_input.bonus_tokens, batch.seq_lens, parent_list,
+                            scores, tokens, topk)
+        return build_verify_input(broadcast_tree(tree, broadcast), batch.seq_lens, mode,
+                                  topk=topk, num_steps=num_steps, mask_buffer=buffer)
+    tree, mask = step_tree(step, rids, draft_input.bonus_tokens, batch.seq_lens, parent_list,
+                           scores, tokens, topk, mask_mode=mode, mask_out=buffer,
+                           seq_lens_sum=getattr(batch, "seq_lens_sum", None))
+    if buffer is None and TreeMaskMode(mode) != TreeMaskMode.QLEN_ONLY_BITPACKING:
+        mask = mask.view(torch.bool)  # the build's 0/1 bytes, as SGLang's bool masks
     return build_verify_input(tree, batch.seq_lens, mode, topk=topk, num_steps=num_steps,
-                              mask_buffer=buffer)
+                              mask=mask)

@@ -43,22 +43,16 @@ from sglang.srt.speculative import eagle_worker_v2
 from sglang.srt.speculative.base_spec_worker import BaseSpecWorker
 from sglang.srt.speculative.eagle_worker_v2 import EagleDraftWorker, EAGLEWorkerV2
 
+from graft_sglang.plugin.accept_counter import AcceptCounter
 from graft_sglang.plugin.algo import check_attention_backends
-from graft_sglang.plugin.checkpoints import (
-    CheckpointedSelect,
-    StopDrafting,
-    capturing,
-    level_stops,
-)
+from graft_sglang.plugin.checkpoints import CheckpointedSelect, StopDrafting, capturing
 from graft_sglang.plugin.radix_feed import RadixFeed, vocabulary_tokens
 from graft_sglang.plugin.registration import TESTED_SGLANG
 from graft_sglang.plugin.settings import GraftSettings, server_settings
 from graft_sglang.plugin.tp import Broadcast, agree_settings, broadcast_flag
 from graft_sglang.plugin.verify_input import GraftVerifyInput, build_graft_verify_input
-from graft_sglang.proposer import GraftProposer
-from graft_sglang.retrieval.successor import SuccessorTable
-from graft_sglang.retrieval.suffix import SuffixRetriever
-from graft_sglang.tree.builder import count_grafted
+from graft_sglang.retrieval.native import suffix_retriever
+from graft_sglang.step import GraftStep
 
 logger = logging.getLogger(__name__)
 
@@ -100,12 +94,12 @@ class GraftDraftWorker(EagleDraftWorker):
     def draft_forward(self, forward_batch: Any) -> Any:
         with substituted(eagle_worker_v2, organize_draft_results=all_candidates):
             state = self.graft
-            if (not state.checks_levels or capturing()
+            if (not state.rule.active or capturing()
                     or forward_batch.forward_mode.is_idle()):
                 return super().draft_forward(forward_batch)
             select = CheckpointedSelect(eagle_worker_v2.select_top_k_tokens,
-                                        self.speculative_num_steps, state.policy,
-                                        state.settings.stop_below, state.all_stopped)
+                                        self.speculative_num_steps, state.rule,
+                                        state.all_stopped)
             try:
                 with substituted(eagle_worker_v2, select_top_k_tokens=select):
                     return super().draft_forward(forward_batch)
@@ -119,9 +113,8 @@ class GraftDraftWorker(EagleDraftWorker):
         if with_topology:  # only pipeline parallelism asks; refused at start-up
             raise NotImplementedError("GRAFT does not support pipeline parallelism")
         rids = self.graft.sync(batch.reqs)
-        build = functools.partial(build_graft_verify_input, proposer=self.graft.proposer,
-                                  rids=rids, broadcast=self.graft.broadcast,
-                                  policy=self.graft.policy)
+        build = functools.partial(build_graft_verify_input, step=self.graft.step, rids=rids,
+                                  broadcast=self.graft.broadcast)
         # A batch that stops at level 0 needs no draft pass and no graph (an idle batch keeps
         # SGLang's path: its passes are collectives the other ranks wait for).
         graph_off = (self.cuda_graph_runner is not None and not batch.forward_mode.is_idle()
@@ -137,7 +130,7 @@ class GraftDraftWorker(EagleDraftWorker):
 
 
 class GraftState:
-    """Per-worker Graft state: the proposer and its retrieval sources, the checkpoint policy,
+    """Per-worker Graft state: the mode's recipe and its step (retrieval sources included),
     request bookkeeping and the per-source acceptance counters.
 
     vocab_size: the target's vocabulary; token values outside it (multimodal pad values) never
@@ -150,29 +143,21 @@ class GraftState:
                  device: torch.device | str = "cpu", broadcast: Broadcast | None = None) -> None:
         self.settings = settings
         self.vocab_size = vocab_size
-        self.policy = settings.stage_policy()
-        self.retriever = (SuffixRetriever(settings.suffix_config())
-                          if settings.retrieval in ("suffix", "both") else None)
-        successor = None
-        if settings.retrieval in ("successor", "both"):
-            if vocab_size is None:
-                raise ValueError("the successor table needs the target's vocabulary size")
-            successor = SuccessorTable(vocab_size, settings.successor_k, device=device)
-        self.proposer = GraftProposer(settings.graft_config(budget, vocab_size), self.retriever,
-                                      settings.retrieval_plan(budget), successor)
+        self.recipe = settings.recipe(budget, vocab_size)
+        self.rule = self.recipe.stop
+        self.retriever = (suffix_retriever(settings.suffix_config())
+                          if self.recipe.uses_suffix else None)
+        # No per-step value checks in a server: each would be a host read.
+        self.step = GraftStep.for_recipe(self.recipe, self.retriever, vocab_size=vocab_size,
+                                         device=device, check_inputs=False)
         self.radix_feed = (RadixFeed(self.retriever, vocab_size=vocab_size)
                            if settings.radix_feed and self.retriever is not None else None)
         self.broadcast = broadcast
         self.indexed: dict[str, int] = {}  # rid -> tokens already in the retrieval index
         self.last_input: GraftVerifyInput | None = None
-        self.steps = self.accepted_draft = self.accepted_grafted = 0
+        self.accepts = AcceptCounter(device)
         self.stops: dict[int, int] = {}  # level -> eager draft loops stopped after it
         self._warned_logits = False
-
-    @property
-    def checks_levels(self) -> bool:
-        """Whether the draft loop may stop early (checkpoints, or graft's threshold)."""
-        return self.policy is not None or self.settings.stop_below is not None
 
     def all_stopped(self, stopped: torch.Tensor) -> bool:
         """Whether the draft loop stops: stopped [bs] bool, the requests that need no deeper
@@ -183,18 +168,20 @@ class GraftState:
     def stops_at_root(self, draft_input: Any) -> bool:
         """Whether every request stops at level 0, judged from the draft input's top-k
         probabilities (the level-0 candidates' confidences) before any draft pass."""
-        if not self.checks_levels or getattr(draft_input, "topk_p", None) is None:
+        if not self.rule.active or getattr(draft_input, "topk_p", None) is None:
             return False
         best = draft_input.topk_p.amax(dim=1)
-        _, stopped = level_stops(self.policy, self.settings.stop_below,
-                                 torch.full_like(best, -1, dtype=torch.int64), 0, best)
+        _, stopped = self.rule.after_level(torch.full_like(best, -1, dtype=torch.int64), 0,
+                                           best)
         return self.all_stopped(stopped)
 
     def sync(self, reqs: Any) -> list[str]:
         """Bring every request's retrieval state up to its committed tokens (prompt + output;
         complete in synchronous scheduling). The prompt is ``origin_input_ids_unpadded`` (as
         SGLang's NGRAM reads it: the padded ids hold multimodal pad values), without any value
-        outside the vocabulary. Returns the batch's rids in order."""
+        outside the vocabulary. A request's tenant is its radix-cache namespace
+        (``extra_key``, ``cache_salt``): it retrieves only its own tenant's shared text.
+        Returns the batch's rids in order."""
         if self.retriever is None:
             return [req.rid for req in reqs]
         rids = []
@@ -203,7 +190,8 @@ class GraftState:
             done = self.indexed.get(req.rid)
             if done is None:
                 self.retriever.start_request(
-                    req.rid, vocabulary_tokens([*prompt, *req.output_ids], self.vocab_size))
+                    req.rid, vocabulary_tokens([*prompt, *req.output_ids], self.vocab_size),
+                    tenant=(req.extra_key, req.cache_salt))
             elif len(prompt) + len(req.output_ids) > done:  # only the new tokens: O(step)
                 self.retriever.extend_request(req.rid, vocabulary_tokens(
                     req.output_ids[done - len(prompt):], self.vocab_size))
@@ -221,17 +209,17 @@ class GraftState:
         tokens, ``logits_output.next_token_logits`` [bs, V] the target's logits after each
         request's last one (SGLang computes no other prefill position's logits)."""
         logits = getattr(logits_output, "next_token_logits", None)
-        if self.proposer.successor is None or logits is None or logits.shape[0] != len(
+        if self.step.successor is None or logits is None or logits.shape[0] != len(
                 extend_lens) or not extend_lens:
             return
         last = torch.tensor(list(itertools.accumulate(extend_lens)), device=input_ids.device) - 1
-        self.proposer.observe_verified(input_ids[last], logits)
+        self.step.observe_verified(input_ids[last], logits)
 
     def observe(self, verify_input: GraftVerifyInput | None, logits_output: Any) -> None:
         """The successor table learns from the target's logits at every verified node
         (on the device, no host read); ``logits_output``: the verify forward's
         ``LogitsProcessorOutput`` (``next_token_logits`` [bs * N, V])."""
-        if self.proposer.successor is None or verify_input is None or logits_output is None:
+        if self.step.successor is None or verify_input is None or logits_output is None:
             return
         logits = getattr(logits_output, "next_token_logits", None)
         nodes = verify_input.draft_token.shape[0]
@@ -244,31 +232,40 @@ class GraftState:
                 self._warned_logits = True
             return
         # rows past the tree's are graph padding at the end of the batch
-        self.proposer.observe_verified(verify_input.draft_token, logits[:nodes])
+        self.step.observe_verified(verify_input.draft_token, logits[:nodes])
 
     def account(self, accept_index: torch.Tensor, accept_lens: torch.Tensor) -> None:
-        """Count accepted nodes by source. accept_index [bs, S] flat node ids; accept_lens
-        [bs] accepted tokens including the bonus."""
+        """Count the verified step's accepted nodes by source, on the device (no host read):
+        accept_index [bs, S] flat node ids, accept_lens [bs] accepted tokens including the
+        bonus. Every ``log_interval`` steps one log line (the one host read then)."""
         verify_input, self.last_input = self.last_input, None
         if verify_input is None or verify_input.tree is None:
             return
-        source = verify_input.tree.source.reshape(-1).tolist()
-        idx, lens = accept_index.cpu(), accept_lens.cpu()
-        for b in range(idx.shape[0]):
-            nodes = idx[b, 1 : int(lens[b])].tolist()
-            grafted = count_grafted(source, nodes)
-            self.accepted_grafted += grafted
-            self.accepted_draft += len(nodes) - grafted
-        self.steps += 1
+        self.accepts.add(verify_input.tree.source, accept_index, accept_lens)
         if self.steps % self.settings.log_interval == 0:
+            draft, grafted = self.accepts.totals()
             logger.info("graft: %d steps, accepted draft tokens %d, grafted %d (share %.3f)",
-                        self.steps, self.accepted_draft, self.accepted_grafted,
-                        self.grafted_share)
+                        self.steps, draft, grafted, grafted / max(1, draft + grafted))
+
+    @property
+    def steps(self) -> int:
+        """Verified steps counted."""
+        return self.accepts.steps
+
+    @property
+    def accepted_draft(self) -> int:
+        """Accepted tokens (bonus excluded) the draft proposed (one host read)."""
+        return self.accepts.totals()[0]
+
+    @property
+    def accepted_grafted(self) -> int:
+        """Accepted tokens only retrieval proposed (one host read)."""
+        return self.accepts.totals()[1]
 
     @property
     def grafted_share(self) -> float:
-        total = self.accepted_draft + self.accepted_grafted
-        return self.accepted_grafted / total if total else 0.0
+        draft, grafted = self.accepts.totals()
+        return grafted / (draft + grafted) if draft + grafted else 0.0
 
 
 class GraftWorker(EAGLEWorkerV2):
@@ -314,7 +311,7 @@ class GraftWorker(EAGLEWorkerV2):
 
     def forward_batch_generation(self, batch: Any, *args: Any, **kwargs: Any) -> Any:
         prefill = None
-        if self.graft.proposer.successor is not None and batch.forward_mode is not None and \
+        if self.graft.step.successor is not None and batch.forward_mode is not None and \
                 batch.forward_mode.is_extend_without_speculative() and batch.extend_lens:
             prefill = (batch.input_ids, list(batch.extend_lens))  # before the draft rotates them
         result = super().forward_batch_generation(batch, *args, **kwargs)
@@ -378,7 +375,7 @@ def _stand_ins() -> tuple[tuple[str, Callable, Callable, tuple[str, ...]], ...]:
         ("eagle_worker_v2.organize_draft_results", eagle_worker_v2.organize_draft_results,
          all_candidates, ()),
         ("eagle_worker_v2.build_eagle_verify_input", eagle_worker_v2.build_eagle_verify_input,
-         build_graft_verify_input, ("proposer", "rids", "broadcast", "policy")),
+         build_graft_verify_input, ("step", "rids", "broadcast")),
         ("eagle_worker_v2.select_top_k_tokens", eagle_worker_v2.select_top_k_tokens,
          functools.partial(CheckpointedSelect.__call__, None), ()),  # bound to its instance
         ("EagleDraftWorker.draft_forward", EagleDraftWorker.draft_forward,

@@ -1,48 +1,24 @@
-"""The retrieval interface: a source proposes a small trie of continuations for an anchor."""
+"""The retrieval interfaces: per-request sources, and the one batched call a step makes.
+
+A per-request source (``RetrievalSource``) proposes a small trie of continuations for one
+anchor. A step asks every source once for the whole batch (``StepRetrieval.retrieve_step``
+with one ``StepQuery``) and gets packed tensors back (``RetrievedCandidates``, the tree layer's
+input): the suffix retriever through ``SuffixQueries`` (its ``retrieve_packed`` with the step's
+``RetrievalPlan``), the successor table (``successor.SuccessorTable``) directly.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from dataclasses import dataclass
+from typing import Protocol
 
-if TYPE_CHECKING:
-    import torch
+import torch
 
-    from graft_sglang.tree.retrieved import RetrievedCandidates
+from graft_sglang.tree.retrieved import Continuations, RetrievedCandidates
 
-
-@dataclass
-class Continuations:
-    """A trie of retrieved continuations hanging below one anchor node (topologically ordered).
-
-    tokens[i]:  token of node i.
-    parents[i]: parent node index, ``-1`` = the anchor itself; ``parents[i] < i``.
-    probs[i]:   estimated probability of node i given its parent's path, in (0, 1]
-                (e.g. the continuation's share of the matched occurrences).
-    """
-
-    tokens: list[int] = field(default_factory=list)
-    parents: list[int] = field(default_factory=list)
-    probs: list[float] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        if not (len(self.tokens) == len(self.parents) == len(self.probs)):
-            raise ValueError(
-                "Continuations needs tokens, parents and probs of equal length, got "
-                f"{len(self.tokens)}, {len(self.parents)}, {len(self.probs)}"
-            )
-        for i, p in enumerate(self.parents):
-            if not -1 <= p < i:
-                raise ValueError(f"Continuations.parents[{i}] = {p}; must be in [-1, {i})")
-
-    def __len__(self) -> int:
-        return len(self.tokens)
-
-    @staticmethod
-    def chain(tokens: Sequence[int], probs: Sequence[float]) -> Continuations:
-        """A single path below the anchor."""
-        return Continuations(list(tokens), list(range(-1, len(tokens) - 1)), list(probs))
+__all__ = ["Continuations", "PackedRetrievalSource", "RetrievalPlan", "RetrievalSource",
+           "StepQuery", "StepRetrieval", "SuffixQueries"]
 
 
 class RetrievalSource(Protocol):
@@ -80,3 +56,88 @@ class PackedRetrievalSource(RetrievalSource, Protocol):
         draft_parents: torch.Tensor, root_nodes: int, anchor_nodes: int, max_slots: int,
         device: torch.device | str = "cpu",
     ) -> RetrievedCandidates: ...
+
+
+@dataclass(frozen=True)
+class RetrievalPlan:
+    """How much suffix retrieval a step asks for.
+
+    root_nodes:    max trie size retrieved below the root.
+    draft_anchors: number of kept draft leaves (best confidence first) that also get a query,
+                   with the draft path appended to the request's context.
+    anchor_nodes:  max trie size below each draft anchor.
+    """
+
+    root_nodes: int = 32
+    draft_anchors: int = 1
+    anchor_nodes: int = 8
+
+    def __post_init__(self) -> None:
+        for name in ("root_nodes", "draft_anchors", "anchor_nodes"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"RetrievalPlan.{name} must be >= 0, got {getattr(self, name)}")
+
+    @property
+    def max_slots(self) -> int:
+        return self.root_nodes + self.draft_anchors * self.anchor_nodes
+
+
+@dataclass(frozen=True)
+class StepQuery:
+    """What one step asks its sources, every request at once.
+
+    rids:          the batch's request ids, one per row.
+    roots:         [bs] int64 root tokens, on the step's device (where answers go).
+    num_draft:     M, the step's draft candidates (retrieved slots' own links start there).
+    anchors:       [bs, A] int64 host tensor: draft candidates to query below (-1: padding).
+    draft_tokens:  [bs, M] int64 host tensor, the draft's tokens (what the anchors' paths read;
+                   zeros when A = 0).
+    draft_parents: [bs, M] int64 host tensor, the draft's parent links (likewise).
+    check:         whether a source checks input values (each check is a host read).
+    """
+
+    rids: Sequence[str]
+    roots: torch.Tensor
+    num_draft: int
+    anchors: torch.Tensor
+    draft_tokens: torch.Tensor
+    draft_parents: torch.Tensor
+    check: bool = True
+
+    @property
+    def device(self) -> torch.device:
+        return self.roots.device
+
+
+class StepRetrieval(Protocol):
+    """A source asked once per step for the whole batch.
+
+    ``num_slots``: the slots every answer has per request. ``retrieve_step`` returns
+    RetrievedCandidates [bs, num_slots] on ``query.device``, in the combined index space
+    (parents ``>= query.num_draft`` are its own slots).
+    """
+
+    @property
+    def num_slots(self) -> int: ...
+
+    def retrieve_step(self, query: StepQuery) -> RetrievedCandidates: ...
+
+
+class SuffixQueries:
+    """A ``PackedRetrievalSource`` asked as a step asks: the root query and the anchored ones
+    of ``plan``, in one ``retrieve_packed`` call. ``source`` keeps its own request bookkeeping
+    (``start_request`` ... ``finish_request``)."""
+
+    def __init__(self, source: PackedRetrievalSource, plan: RetrievalPlan) -> None:
+        self.source = source
+        self.plan = plan
+
+    @property
+    def num_slots(self) -> int:
+        return self.plan.max_slots
+
+    def retrieve_step(self, query: StepQuery) -> RetrievedCandidates:
+        plan = self.plan
+        return self.source.retrieve_packed(
+            query.rids, query.anchors, query.draft_tokens, query.draft_parents,
+            plan.root_nodes, plan.anchor_nodes, plan.max_slots, query.device)

@@ -27,6 +27,7 @@ from functools import lru_cache
 
 import torch
 
+from graft_sglang.retrieval.base import StepQuery
 from graft_sglang.tree.retrieved import RetrievedCandidates
 
 PAPER_WIDTHS = (8, 10, 8, 6, 5, 4, 4, 4, 3)
@@ -65,19 +66,22 @@ def rank_template(widths: tuple[int, ...], k: int) -> tuple[tuple[int, ...], tup
 
 
 class SuccessorTable:
-    """``[vocab, k]`` next-token table (see module docstring).
+    """``[vocab, k]`` next-token table (see module docstring); a ``StepRetrieval`` source
+    (``retrieve_step``: the walk of ``widths`` from every root).
 
     Stored with one extra sentinel row ``vocab_size`` of empty entries (id ``vocab_size``,
     probability 0): an empty entry points there, so a walk through it stays empty without any
     masking.
     """
 
-    def __init__(self, vocab_size: int, k: int = 10, device: torch.device | str = "cpu") -> None:
+    def __init__(self, vocab_size: int, k: int = 10, device: torch.device | str = "cpu",
+                 widths: Sequence[int] = PAPER_WIDTHS) -> None:
         if vocab_size < 1:
             raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         self.vocab_size, self.k = vocab_size, k
+        self.widths = tuple(widths)  # the walk of ``retrieve_step``
         self._next = torch.full((vocab_size + 1, k), vocab_size, dtype=torch.int64,
                                 device=device)
         self._probs = torch.zeros(vocab_size + 1, k, dtype=torch.float32, device=device)
@@ -215,3 +219,13 @@ class SuccessorTable:
             tokens=torch.where(valid, tokens, 0), parents=parents.clone(),
             anchors=torch.full_like(tokens, -1), path_probs=path_probs, valid=valid,
         )
+
+    @property
+    def num_slots(self) -> int:
+        """Slots of a ``retrieve_step`` answer: the template's nodes."""
+        return sum(self.widths)
+
+    def retrieve_step(self, query: StepQuery) -> RetrievedCandidates:
+        """``StepRetrieval``: ``propose`` from ``query.roots`` along ``widths`` (device ops,
+        no host read unless ``query.check``)."""
+        return self.propose(query.roots, self.widths, query.num_draft, check=query.check)

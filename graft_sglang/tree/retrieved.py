@@ -1,18 +1,52 @@
-"""Retrieved candidates: tries from retrieval sources, packed into padded tensors.
+"""Retrieved candidates: the tries retrieval sources propose, packed into padded tensors.
 
 Index space shared with the draft: a step has ``M`` draft candidates (indices ``0..M-1``) followed
 by ``R`` retrieved slots (indices ``M..M+R-1``). A retrieved node hangs below the root (``-1``), a
 draft candidate, or an earlier retrieved node.
+
+The tree layer defines what it consumes (``Continuations``, ``RetrievedCandidates``); the
+retrieval layer (``graft_sglang.retrieval``) produces them and imports them from here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from graft_sglang.retrieval.base import Continuations
+
+@dataclass
+class Continuations:
+    """A trie of retrieved continuations hanging below one anchor node (topologically ordered).
+
+    tokens[i]:  token of node i.
+    parents[i]: parent node index, ``-1`` = the anchor itself; ``parents[i] < i``.
+    probs[i]:   estimated probability of node i given its parent's path, in (0, 1]
+                (e.g. the continuation's share of the matched occurrences).
+    """
+
+    tokens: list[int] = field(default_factory=list)
+    parents: list[int] = field(default_factory=list)
+    probs: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not (len(self.tokens) == len(self.parents) == len(self.probs)):
+            raise ValueError(
+                "Continuations needs tokens, parents and probs of equal length, got "
+                f"{len(self.tokens)}, {len(self.parents)}, {len(self.probs)}"
+            )
+        for i, p in enumerate(self.parents):
+            if not -1 <= p < i:
+                raise ValueError(f"Continuations.parents[{i}] = {p}; must be in [-1, {i})")
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @staticmethod
+    def chain(tokens: Sequence[int], probs: Sequence[float]) -> Continuations:
+        """A single path below the anchor."""
+        return Continuations(list(tokens), list(range(-1, len(tokens) - 1)), list(probs))
 
 
 @dataclass(frozen=True)
