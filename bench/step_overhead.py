@@ -13,12 +13,15 @@ twice, on the same inputs and retrieval state:
   anchors on the device, one copy to the host, one ``NativeSuffixRetriever.retrieve_packed``,
   ``build_graft_tree_fast`` (the compiled build or the reference, whichever it picks for the
   shape) writing the mask into a preallocated verify buffer;
-* baseline: the path before it, Python ``SuffixRetriever`` (a ``propose`` per query,
+* reference: this code's slow path, Python ``SuffixRetriever`` (a ``propose`` per query,
   ``pack_retrieved``) and the PyTorch reference builder, the mask computed from the layout and
-  copied into the buffer. Its anchors are computed on the device too (the old path read them
-  on the host per request), so the baseline is a lower bound of the old cost.
+  copied into the buffer (anchors on the device);
+* baseline: the path of commit 956efe1 (the issue's "today's path": host-side anchors, Python
+  retrieval, that commit's reference builder), run on the same recorded inputs by
+  ``bench/step_overhead_baseline.py`` from a ``git archive`` of that commit, in a subprocess
+  of the same run.
 
-Both must build the same tree (checked every step). Timed (medians per step, one thread):
+All three must build the same trees (checked every step). Timed (medians per step, one thread):
 ``retrieval_ms`` (anchors, the copy, the retrieval call), ``build_ms`` (tree + mask) and
 ``total_ms`` (with the draft-loop conversion and the stage quotas); counted once per shape on
 inputs standing in for device tensors (``tests/host_reads.py``): scalar host reads and
@@ -36,6 +39,9 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -64,7 +70,9 @@ OUT = Path("bench/results/step_overhead.json")
 COLUMNS = (("bs", "bs", 3), ("N", "budget", 3), ("reads", "host_reads_per_step", 6),
            ("copies", "d2h_copies_per_step", 7), ("retrieval", "retrieval_ms", 10),
            ("build", "build_ms", 8), ("total ms", "total_ms", 9),
-           ("baseline ms", "baseline_total_ms", 12), ("x", "speedup", 6))
+           ("reference", "reference_total_ms", 10), ("baseline ms", "baseline_total_ms", 12),
+           ("x", "speedup", 6))
+BASELINE_COMMIT = "956efe1"
 
 
 def host_traffic(step: GraftStep, rids: list[str], roots: torch.Tensor, seq_lens: torch.Tensor,
@@ -100,7 +108,32 @@ def timed_step(step: GraftStep, build: Build, rids: list[str], roots: torch.Tens
     return tree, (t2 - t1, t3 - t2, t3 - t0)
 
 
-def run(bs: int, n: int, steps: int, stream: list[int]) -> dict:
+def old_path(record: dict, tree_dir: Path | None) -> tuple[list[float], list] | None:
+    """Seconds per step and trees of commit 956efe1's step on ``record`` (None without that
+    commit's sources)."""
+    if tree_dir is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        inputs, output = Path(tmp) / "in.pt", Path(tmp) / "out.pt"
+        torch.save(record, inputs)
+        env = {**os.environ, "PYTHONPATH": str(tree_dir)}
+        # -P: not bench/ first on the path (transformers probes a package named "kernels")
+        subprocess.run([sys.executable, "-P", str(Path(__file__).with_name(
+            "step_overhead_baseline.py")), str(inputs), str(output)], env=env, check=True)
+        out = torch.load(output)
+    return out["seconds"], out["trees"]
+
+
+def baseline_sources(commit: str, into: Path) -> Path | None:
+    """``graft_sglang`` of ``commit`` extracted under ``into`` (None if git cannot)."""
+    archive = subprocess.run(["git", "archive", commit, "graft_sglang"], capture_output=True)
+    if archive.returncode != 0:
+        return None
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    return into
+
+
+def run(bs: int, n: int, steps: int, stream: list[int], tree_dir: Path | None = None) -> dict:
     topk, depth = SHAPES[n]
     settings = GraftSettings()
     recipe = settings.recipe(n)
@@ -112,11 +145,16 @@ def run(bs: int, n: int, steps: int, stream: list[int]) -> dict:
     span = len(stream) - PROMPT - steps * 4
     pos = [PROMPT + (b * 997) % span for b in range(bs)]
     rids = [f"r{b}" for b in range(bs)]
+    record: dict = {"budget": n, "topk": topk,
+                    "corpus": [stream[d * DOC_LEN : (d + 1) * DOC_LEN] for d in range(DOCS)],
+                    "prompts": {rid: stream[p - PROMPT : p] for rid, p in zip(rids, pos,
+                                                                              strict=True)},
+                    "steps": []}
     for retriever in (native, python):
-        for d in range(DOCS):
-            retriever.add_corpus(stream[d * DOC_LEN : (d + 1) * DOC_LEN])
-        for rid, p in zip(rids, pos, strict=True):
-            retriever.start_request(rid, stream[p - PROMPT : p])
+        for doc in record["corpus"]:
+            retriever.add_corpus(doc)
+        for rid, prompt in record["prompts"].items():
+            retriever.start_request(rid, prompt)
     buffers = [torch.zeros(bs * n * n, dtype=torch.bool) for _ in range(2)]
 
     def serving_build(*args: object) -> GraftTree:
@@ -128,7 +166,8 @@ def run(bs: int, n: int, steps: int, stream: list[int]) -> dict:
         write_mask(tree_mask(tree.layout.ancestors, seq_lens, MODE), buffers[1])
         return tree
 
-    seconds: dict[str, list[tuple[float, float, float]]] = {"step": [], "baseline": []}
+    seconds: dict[str, list[tuple[float, float, float]]] = {"step": [], "reference": []}
+    trees = []
     reads = copies = None
     for _ in range(steps):
         candidates = all_candidates(*eagle_loop_lists(gen, bs, topk, depth, DRAFT_VOCAB), n)
@@ -141,13 +180,16 @@ def run(bs: int, n: int, steps: int, stream: list[int]) -> dict:
         seconds["step"].append(dt)
         old, dt = timed_step(baseline, reference_build, rids, roots, seq_lens, candidates,
                              topk)
-        seconds["baseline"].append(dt)
+        seconds["reference"].append(dt)
         for name in ("tokens", "parents", "source"):
             if not torch.equal(getattr(tree, name), getattr(old, name)):
-                raise AssertionError(f"the serving step and the baseline differ in {name}")
+                raise AssertionError(f"the serving step and the reference differ in {name}")
         if not torch.equal(buffers[0], buffers[1]):
-            raise AssertionError("the serving step and the baseline write different masks")
+            raise AssertionError("the serving step and the reference write different masks")
+        trees.append((tree.tokens, tree.parents, tree.source))
         commits = [stream[p : p + 1 + p % 4] for p in pos]
+        record["steps"].append({"roots": roots, "seq_lens": seq_lens, "candidates": candidates,
+                                "commits": dict(zip(rids, commits, strict=True))})
         for rid, c in zip(rids, commits, strict=True):
             native.extend_request(rid, c)
             python.extend_request(rid, c)
@@ -156,12 +198,21 @@ def run(bs: int, n: int, steps: int, stream: list[int]) -> dict:
     def ms(path: str, part: int) -> float:
         return round(statistics.median(t[part] for t in seconds[path]) * 1e3, 3)
 
+    baseline_ms = None
+    old = old_path(record, tree_dir)
+    if old is not None:
+        for new, prior in zip(trees, old[1], strict=True):
+            if not all(torch.equal(a, b) for a, b in zip(new, prior, strict=True)):
+                raise AssertionError(f"commit {BASELINE_COMMIT}'s step built another tree")
+        baseline_ms = round(statistics.median(old[0]) * 1e3, 3)
     return {"bs": bs, "budget": n, "host_reads_per_step": reads,
             "d2h_copies_per_step": copies, "retrieval_ms": ms("step", 0),
             "build_ms": ms("step", 1), "total_ms": ms("step", 2),
-            "baseline_total_ms": ms("baseline", 2), "baseline_retrieval_ms": ms("baseline", 0),
-            "baseline_build_ms": ms("baseline", 1),
-            "speedup": round(ms("baseline", 2) / ms("step", 2), 2),
+            "baseline_total_ms": baseline_ms,
+            "reference_total_ms": ms("reference", 2),
+            "reference_retrieval_ms": ms("reference", 0),
+            "reference_build_ms": ms("reference", 1),
+            "speedup": None if baseline_ms is None else round(baseline_ms / ms("step", 2), 2),
             "draft_candidates": topk + (depth - 1) * topk * topk}
 
 
@@ -177,9 +228,14 @@ def main() -> None:
     run(1, 16, 2, stream)  # warm-up (and the native builds, once per machine)
     rows = []
     print(" ".join(f"{title:>{width}}" for title, _, width in COLUMNS))
-    for bs, n in itertools.product((1, 16, 64), (16, 32, 64)):
-        rows.append(run(bs, n, args.steps, stream))
-        print(" ".join(f"{rows[-1][key]!s:>{width}}" for _, key, width in COLUMNS), flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        tree_dir = baseline_sources(BASELINE_COMMIT, Path(tmp))
+        if tree_dir is None:
+            print(f"git cannot extract commit {BASELINE_COMMIT}: no baseline column")
+        for bs, n in itertools.product((1, 16, 64), (16, 32, 64)):
+            rows.append(run(bs, n, args.steps, stream, tree_dir))
+            print(" ".join(f"{rows[-1][key]!s:>{width}}" for _, key, width in COLUMNS),
+                  flush=True)
     radix = {"8k": None, "32k_chunked": None}
     if args.out.is_file():  # bench.radix_insert's figures, measured apart
         radix.update(json.loads(args.out.read_text()).get("radix_insert_ms") or {})
@@ -187,8 +243,11 @@ def main() -> None:
             "torch": torch.__version__, "steps": args.steps, "cpus": os.cpu_count(),
             "load_average_1min": round(os.getloadavg()[0], 2), "mask_mode": MODE.name,
             "plan": "GraftSettings defaults: root N - 1, 1 draft anchor of N / 4",
-            "baseline": "Python SuffixRetriever.retrieve_packed + reference build_graft_tree "
-                        "+ tree_mask copied into the buffer (anchors on the device)"}
+            "baseline": f"commit {BASELINE_COMMIT}'s plugin step_tree (GraftProposer: host "
+                        "anchors, Python propose per query, pack_retrieved, reference builder) "
+                        "+ tree_mask into a buffer, same inputs, subprocess",
+            "reference": "this code's Python SuffixRetriever.retrieve_packed + reference "
+                         "build_graft_tree + tree_mask copied into the buffer"}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"meta": meta, "rows": rows, "radix_insert_ms": radix},
                                    indent=1) + "\n")
