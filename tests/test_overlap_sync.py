@@ -92,7 +92,7 @@ class RecordingSource:
         self.live: dict[str, list[int]] = {}
         self.documents: list[tuple[int, ...]] = []
 
-    def start_request(self, rid: str, prompt: Sequence[int]) -> None:
+    def start_request(self, rid: str, prompt: Sequence[int], tenant: object = None) -> None:
         assert rid not in self.live, f"{rid} started twice"
         self.live[rid] = list(prompt)
 
@@ -449,9 +449,9 @@ class MirroredSource(RecordingSource):
         super().__init__()
         self.retriever = retriever
 
-    def start_request(self, rid: str, prompt: Sequence[int]) -> None:
+    def start_request(self, rid: str, prompt: Sequence[int], tenant: object = None) -> None:
         super().start_request(rid, prompt)
-        self.retriever.start_request(rid, prompt)
+        self.retriever.start_request(rid, prompt, tenant=tenant)
 
     def extend_request(self, rid: str, tokens: Sequence[int]) -> None:
         super().extend_request(rid, tokens)

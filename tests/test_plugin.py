@@ -1,10 +1,9 @@
 """The SGLang plugin against SGLang 0.5.23's real classes, on CPU: discovery and registration,
-server-argument resolution, the verify input built from the Graft tree, per-source accounting,
-and the radix-cache feed on both prefix-cache classes."""
+server-argument resolution, the verify input built from the Graft tree and per-source
+accounting (the radix-cache feed: test_radix_feed.py)."""
 
 from __future__ import annotations
 
-import functools
 import json
 from array import array
 from pathlib import Path
@@ -15,7 +14,7 @@ import torch
 sglang = pytest.importorskip("sglang")
 
 from sglang.srt.arg_groups.overrides import resolving_view  # noqa: E402
-from sglang.srt.mem_cache.base_prefix_cache import EvictParams, InsertParams  # noqa: E402
+from sglang.srt.mem_cache.base_prefix_cache import InsertParams  # noqa: E402
 from sglang.srt.mem_cache.radix_cache import RadixCache, RadixKey  # noqa: E402
 from sglang.srt.plugins import load_plugins  # noqa: E402
 from sglang.srt.server_args import prepare_server_args  # noqa: E402
@@ -23,9 +22,8 @@ from sglang.srt.speculative.eagle_info import EagleVerifyInput  # noqa: E402
 from sglang.srt.speculative.spec_info import SpeculativeAlgorithm  # noqa: E402
 
 from graft_sglang.calibration import Calibration  # noqa: E402
-from graft_sglang.plugin import radix_feed, registration  # noqa: E402
+from graft_sglang.plugin import registration  # noqa: E402
 from graft_sglang.plugin.algo import GraftAlgo, draft_is_eagle3  # noqa: E402
-from graft_sglang.plugin.radix_feed import RadixFeed  # noqa: E402
 from graft_sglang.plugin.settings import GraftSettings, server_settings  # noqa: E402
 from graft_sglang.plugin.verify_input import (  # noqa: E402
     GraftVerifyInput,
@@ -34,7 +32,6 @@ from graft_sglang.plugin.verify_input import (  # noqa: E402
     write_mask,
 )
 from graft_sglang.plugin.worker import GraftState, all_candidates, substituted  # noqa: E402
-from graft_sglang.retrieval.suffix import SuffixRetriever  # noqa: E402
 from graft_sglang.tree.builder import GraftConfig, NodeSource, build_graft_tree  # noqa: E402
 from graft_sglang.tree.draft import from_eagle_draft_loop  # noqa: E402
 from graft_sglang.tree.layout import TreeMaskMode, tree_layout, tree_mask  # noqa: E402
@@ -95,7 +92,7 @@ def test_load_plugins_registers_graft_idempotently() -> None:
     registration.register()  # a second load in the same process is a no-op
     assert SpeculativeAlgorithm.from_string("graft") is algo
     assert algo.is_eagle() and algo.need_topk() and algo.carries_draft_hidden_states()
-    assert not algo.supports_overlap
+    assert algo.supports_overlap  # the spec-v2 overlap schedule; --disable-overlap-schedule: off
     from graft_sglang.plugin.worker import GraftWorker
     assert algo.factory(None) is GraftWorker
 
@@ -332,7 +329,7 @@ def test_accounting_by_source() -> None:
     assert state.steps == 1 and state.last_input is None
 
 
-# -- radix-cache feed ---------------------------------------------------------------------------
+# -- radix caches (the feed's tests: test_radix_feed.py) ----------------------------------------
 def insert(cache, tokens: list[int], alloc) -> None:
     cache.insert(InsertParams(key=RadixKey(array("q", tokens)), value=alloc.alloc(len(tokens))))
 
@@ -344,40 +341,6 @@ def caches():
     fixtures.setup_allocator_context()
     alloc, unified = fixtures.build_swa_cache(occupancy=0)
     return alloc, [unified, RadixCache.create_simulated(mock_allocator=alloc)]
-
-
-def test_radix_feed_follows_cache(request: pytest.FixtureRequest) -> None:
-    alloc, both = caches()
-    for cache in both:
-        retriever = SuffixRetriever()
-        feed = RadixFeed(retriever)
-        feed.activate()
-        request.addfinalizer(functools.partial(setattr, radix_feed, "_active", None))
-        insert(cache, [1, 2, 3, 4, 5, 6], alloc)
-        insert(cache, [1, 2, 3, 4, 5, 6, 7, 8], alloc)  # extends: replaces the document
-        insert(cache, [9, 10, 11, 12], alloc)
-        assert list(feed.documents.values()) == [(1, 2, 3, 4, 5, 6, 7, 8), (9, 10, 11, 12)]
-        # suffix-anchored retrieval from the cache's content, for a request that never saw it
-        retriever.start_request("r", [42, 3, 4, 5])
-        assert retriever.propose("r", (), 4).tokens[:1] == [6]
-        cache.evict(EvictParams(num_tokens=12, swa_num_tokens=12))
-        assert cache.evictable_size() == 0 and not feed.documents
-        assert feed.tokens == 0
-        assert retriever.propose("r", (), 4).tokens == []
-        retriever.finish_request("r")
-
-
-def test_feed_alone_respects_cache_size() -> None:
-    retriever = SuffixRetriever()
-    feed = RadixFeed(retriever, max_documents=2)
-    feed.on_insert((1, 2, 3))
-    feed.on_insert((4, 5, 6, 7))
-    feed.on_insert((8, 9))  # over max_documents: the oldest leaves
-    assert list(feed.documents.values()) == [(4, 5, 6, 7), (8, 9)]
-    feed.on_insert((4, 5))  # already inside a held document
-    assert feed.tokens == 6
-    feed.on_evict(cache_tokens=3)
-    assert list(feed.documents.values()) == [(8, 9)]
 
 
 def test_graft_metrics_beside_spec_accept_length() -> None:
@@ -411,12 +374,13 @@ def test_request_state_follows_sglang_reqs() -> None:
     assert state.sync(reqs) == ["r0", "r1"]
     reqs[0].output_ids.extend([5, 6, 7])  # r0 decodes its prompt's start again
     state.sync(reqs)
-    assert state.indexed == {"r0": 7, "r1": 4}
+    assert (state.requests.indexed("r0"), state.requests.indexed("r1")) == (7, 4)
     # the request's own text is indexed incrementally: after "5 6 7" comes "0", then "5 6 7"
     assert state.retriever.propose("r0", (), 2).tokens == [0, 5]
     state.finish("r0")
     state.finish("r0")  # finishing twice (abort after finish) is harmless
-    assert sorted(state.retriever.live_requests) == ["r1"] and "r0" not in state.indexed
+    assert sorted(state.retriever.live_requests) == ["r1"]
+    assert state.requests.indexed("r0") is None
 
 
 def test_requests_retrieve_only_their_tenants_text() -> None:

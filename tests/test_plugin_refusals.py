@@ -282,7 +282,7 @@ def test_pad_values_in_the_prompt_never_reach_a_tree() -> None:
     assert IMAGE in tree.tokens[grafted].tolist()  # retrieval did graft the prompt's text
     req.output_ids.extend([8, 5, 6])
     state.sync([req])  # incremental: counted from the unpadded prompt
-    assert state.indexed == {"r": 6 + 3}
+    assert state.requests.indexed("r") == 6 + 3
     assert state.retriever.propose("r", (), 4).tokens[:1] == [8]  # the new tokens are indexed
 
 
@@ -292,13 +292,13 @@ def test_radix_keys_with_pad_values_feed_only_tokens(request: pytest.FixtureRequ
     import functools
 
     from graft_sglang.plugin import radix_feed
+    from graft_sglang.retrieval.tenants import radix_tenant
 
     alloc, (_, cache) = caches()
     state = GraftState(GraftSettings(), 8, VOCAB)
     state.radix_feed.activate()
     request.addfinalizer(functools.partial(setattr, radix_feed, "_active", None))
     insert(cache, [1, 2, PAD, PAD, 3, 4, 1, 2], alloc)
-    assert list(state.radix_feed.documents.values()) == [(1, 2, 3, 4, 1, 2)]
-    state.retriever.start_request("q", [42, 1, 2])
-    proposed = state.retriever.propose("q", (), 4).tokens
-    assert proposed and all(t < VOCAB for t in proposed)
+    # the corpus holds "1 2 3 4 1 2": after "2" comes 3, not a pad value
+    state.retriever.start_request("q", [42, 2], tenant=radix_tenant(None, None))
+    assert state.retriever.propose("q", (), 3).tokens == [3, 4, 1]

@@ -110,6 +110,11 @@ class TestGraft(Lossless):
     def server(self) -> Iterator[ServerProcess]:
         yield from serve(GRAFT)
 
+    def test_overlap_schedule_on(self, server: ServerProcess) -> None:
+        """GRAFT runs SGLang's overlap schedule by default (every check of this class runs
+        overlapped; TestGraftSynchronous repeats the lossless ones synchronously)."""
+        assert server.server_info()["disable_overlap_schedule"] is False
+
     def test_long_prompt_identical(self, server: ServerProcess, references: dict) -> None:
         assert answer(server, LONG_QUESTION)["output_ids"] == references[LONG_QUESTION]
 
@@ -180,6 +185,19 @@ class TestGraft(Lossless):
         assert again > first
         assert after["graft_accepted_grafted_tokens"] > before["graft_accepted_grafted_tokens"]
         assert after["graft_grafted_share"] > 0
+
+
+class TestGraftSynchronous(Lossless):
+    """GRAFT serves with SGLang's overlap schedule by default (its CPU relay gather comes from
+    the stand-in's platform); ``--disable-overlap-schedule`` gives the synchronous schedule,
+    which must answer the same. The default servers above run overlapped."""
+
+    @pytest.fixture(scope="class")
+    def server(self) -> Iterator[ServerProcess]:
+        yield from serve((*GRAFT, "--disable-overlap-schedule"))
+
+    def test_schedules_reported(self, server: ServerProcess) -> None:
+        assert server.server_info()["disable_overlap_schedule"] is True
 
 
 class TestGraftPaper(Lossless):

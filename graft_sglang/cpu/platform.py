@@ -10,7 +10,10 @@ real sgl-kernel):
   checks ask the stand-in, which has no ``convert_weight_packed``, so every layer still runs its
   ``forward_native`` path;
 * process groups are built without PyNccl: SGLang picks it on a plain CPU, and it fails with
-  "Expected a cuda device"; all-reduce then falls back to ``torch.distributed`` over gloo.
+  "Expected a cuda device"; all-reduce then falls back to ``torch.distributed`` over gloo;
+* the overlap schedule's relay of draft inputs (``overlap_utils.gather_spec_extras``, a Triton
+  kernel with no CPU path) is a plain torch gather, so speculative decoding can run with the
+  overlap schedule on CPU.
 """
 
 from __future__ import annotations
@@ -20,8 +23,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
+
 STAND_IN_DIR = Path(__file__).resolve().parent / "stand_in"
 PARALLEL_GROUP = "sglang.srt.distributed.parallel_state.init_model_parallel_group"
+RELAY_GATHER = "sglang.srt.managers.overlap_utils.gather_spec_extras"
 _installed = False
 
 
@@ -39,6 +45,22 @@ def without_pynccl(*args: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict[str
     return args, kwargs
 
 
+def gather_spec_extras(
+    indices: torch.Tensor, topk_p_buf: torch.Tensor, topk_index_buf: torch.Tensor,
+    output_tokens_buf: torch.Tensor, hidden_states_buf: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """SGLang's ``gather_spec_extras``: rows ``indices [m]`` of each relay buffer (new tensors;
+    ``hidden_states_buf`` None gives None)."""
+    rows = indices.long()
+    return (topk_p_buf[rows], topk_index_buf[rows], output_tokens_buf[rows],
+            None if hidden_states_buf is None else hidden_states_buf[rows])
+
+
+def installed() -> bool:
+    """Whether this process serves on the stand-in (``install`` took effect)."""
+    return _installed
+
+
 def install() -> bool:
     """Install the CPU-serving adjustments in this process if it serves on the stand-in
     (idempotent). Returns whether they are installed."""
@@ -52,5 +74,6 @@ def install() -> bool:
 
     override_platform(has_amx=True).install()
     HookRegistry.register(PARALLEL_GROUP, without_pynccl, HookType.BEFORE)
+    HookRegistry.register(RELAY_GATHER, gather_spec_extras, HookType.REPLACE)
     _installed = True
     return True

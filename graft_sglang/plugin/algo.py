@@ -15,6 +15,7 @@ from typing import Any
 
 from sglang.srt.speculative.spec_registry import CustomSpecAlgo
 
+from graft_sglang.cpu import platform
 from graft_sglang.plugin.settings import GraftSettings, env_name, server_settings
 
 logger = logging.getLogger(__name__)
@@ -196,8 +197,11 @@ class GraftAlgo(CustomSpecAlgo):
             sa.speculative_num_draft_tokens = DEFAULT_DRAFT_TOKENS
         if sa.max_running_requests is None:
             sa.max_running_requests = 48
-        if not sa.disable_overlap_schedule:
-            logger.warning("GRAFT runs synchronously: --disable-overlap-schedule is set")
+        if not sa.disable_overlap_schedule and sa.device == "cpu" and not platform.installed():
+            # SGLang's overlap relay gathers with a Triton kernel that has no CPU path (the
+            # stand-in's platform supplies one); SGLang does the same for its own algorithms.
+            logger.warning("Overlap schedule is not available for GRAFT on this CPU: "
+                           "--disable-overlap-schedule is set")
             sa.disable_overlap_schedule = True
         if sa.enable_mixed_chunk:
             sa.enable_mixed_chunk = False

@@ -57,7 +57,7 @@ def register() -> None:
     if spec_registry.get_spec(ALGORITHM) is not None:
         return
     SpeculativeAlgorithm.register(
-        ALGORITHM, supports_overlap=False, validate_server_args=_validate_server_args,
+        ALGORITHM, supports_overlap=True, validate_server_args=_validate_server_args,
         spec_class=GraftAlgo,
     )(_worker_factory)
     radix_feed.register_hooks()

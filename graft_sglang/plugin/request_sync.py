@@ -203,7 +203,9 @@ class RequestSync:
         if tracked is None or tracked.prompt_len != len(prompt) or tracked.indexed > target:
             if tracked is not None:  # no longer a prefix of the committed text: start over
                 self.source.finish_request(req.rid)
-            self.source.start_request(req.rid, self._tokens([*prompt, *output, *pending]))
+            # the tenant is the request's radix-cache namespace: its own shared corpus only
+            self.source.start_request(req.rid, self._tokens([*prompt, *output, *pending]),
+                                      tenant=(req.extra_key, req.cache_salt))
             self.tracked[req.rid] = _Tracked(req, len(prompt), target)
             return
         if tracked.indexed < target:

@@ -46,8 +46,9 @@ from sglang.srt.speculative.eagle_worker_v2 import EagleDraftWorker, EAGLEWorker
 from graft_sglang.plugin.accept_counter import AcceptCounter
 from graft_sglang.plugin.algo import check_attention_backends
 from graft_sglang.plugin.checkpoints import CheckpointedSelect, StopDrafting, capturing
-from graft_sglang.plugin.radix_feed import RadixFeed, vocabulary_tokens
+from graft_sglang.plugin.radix_feed import RadixFeed
 from graft_sglang.plugin.registration import TESTED_SGLANG
+from graft_sglang.plugin.request_sync import RequestSync
 from graft_sglang.plugin.settings import GraftSettings, server_settings
 from graft_sglang.plugin.tp import Broadcast, agree_settings, broadcast_flag
 from graft_sglang.plugin.verify_input import GraftVerifyInput, build_graft_verify_input
@@ -153,7 +154,7 @@ class GraftState:
         self.radix_feed = (RadixFeed(self.retriever, vocab_size=vocab_size)
                            if settings.radix_feed and self.retriever is not None else None)
         self.broadcast = broadcast
-        self.indexed: dict[str, int] = {}  # rid -> tokens already in the retrieval index
+        self.requests = RequestSync(self.retriever, vocab_size)
         self.last_input: GraftVerifyInput | None = None
         self.accepts = AcceptCounter(device)
         self.stops: dict[int, int] = {}  # level -> eager draft loops stopped after it
@@ -176,32 +177,13 @@ class GraftState:
         return self.all_stopped(stopped)
 
     def sync(self, reqs: Any) -> list[str]:
-        """Bring every request's retrieval state up to its committed tokens (prompt + output;
-        complete in synchronous scheduling). The prompt is ``origin_input_ids_unpadded`` (as
-        SGLang's NGRAM reads it: the padded ids hold multimodal pad values), without any value
-        outside the vocabulary. A request's tenant is its radix-cache namespace
-        (``extra_key``, ``cache_salt``): it retrieves only its own tenant's shared text.
-        Returns the batch's rids in order."""
-        if self.retriever is None:
-            return [req.rid for req in reqs]
-        rids = []
-        for req in reqs:
-            prompt = req.origin_input_ids_unpadded
-            done = self.indexed.get(req.rid)
-            if done is None:
-                self.retriever.start_request(
-                    req.rid, vocabulary_tokens([*prompt, *req.output_ids], self.vocab_size),
-                    tenant=(req.extra_key, req.cache_salt))
-            elif len(prompt) + len(req.output_ids) > done:  # only the new tokens: O(step)
-                self.retriever.extend_request(req.rid, vocabulary_tokens(
-                    req.output_ids[done - len(prompt):], self.vocab_size))
-            self.indexed[req.rid] = len(prompt) + len(req.output_ids)
-            rids.append(req.rid)
-        return rids
+        """Before a draft: every request's retrieval state holds its committed tokens, also
+        those of a forward the overlap schedule has not processed yet (``RequestSync``).
+        Returns one rid per row of the batch."""
+        return self.requests.sync(reqs)
 
     def finish(self, rid: str) -> None:
-        if self.indexed.pop(rid, None) is not None and self.retriever is not None:
-            self.retriever.finish_request(rid)
+        self.requests.finish(rid)
 
     def observe_prefill(self, input_ids: torch.Tensor, extend_lens: list[int],
                         logits_output: Any) -> None:
@@ -315,6 +297,7 @@ class GraftWorker(EAGLEWorkerV2):
                 batch.forward_mode.is_extend_without_speculative() and batch.extend_lens:
             prefill = (batch.input_ids, list(batch.extend_lens))  # before the draft rotates them
         result = super().forward_batch_generation(batch, *args, **kwargs)
+        self.graft.requests.record(batch.reqs, result)  # every forward: its rows may be in flight
         if prefill is not None:
             self.graft.observe_prefill(*prefill, getattr(result, "logits_output", None))
         if getattr(result, "accept_index", None) is not None and result.accept_lens is not None:
