@@ -164,14 +164,16 @@ class TestGraft(Lossless):
 
     def test_spec_counters_count_every_step(self, server: ServerProcess) -> None:
         """The raw counters the serving benchmark takes accept lengths from: one request's
-        verify steps, and its accepted tokens (its output but the prefill's token, plus what
-        the last step accepted past the stop: at most N - 1)."""
+        verify steps, and its accepted tokens (its output but the prefill's token). Under the
+        overlap schedule a finished request rides one more verify step in flight, and the last
+        steps may accept tokens past the stop: at most N - 1 each."""
         before = graft_state(server)
         meta = answer(server, QUESTIONS[2], max_new_tokens=24)["meta_info"]
         after = graft_state(server)
-        assert after["spec_verify_steps"] - before["spec_verify_steps"] == meta["spec_verify_ct"]
+        steps = after["spec_verify_steps"] - before["spec_verify_steps"]
+        assert meta["spec_verify_ct"] <= steps <= meta["spec_verify_ct"] + 1
         accepted = after["spec_accept_tokens"] - before["spec_accept_tokens"]
-        assert meta["completion_tokens"] - 1 <= accepted <= meta["completion_tokens"] - 1 + 7
+        assert meta["completion_tokens"] - 1 <= accepted <= meta["completion_tokens"] - 1 + 14
 
     def test_radix_corpus_raises_acceptance(self, server: ServerProcess) -> None:
         """A repeated request drafts from the radix-fed corpus: longer accepted runs, and a
