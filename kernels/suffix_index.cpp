@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <utility>
 #include <cstring>
 #include <stdexcept>
 
@@ -25,15 +26,15 @@ uint64_t mix(uint64_t x) {  // splitmix64's finalizer
 [[noreturn]] void fail(const std::string& message) { throw std::invalid_argument(message); }
 
 // _check_tokens of suffix.py, plus the int32 range of the native log.
-void to_tokens(const char* name, const std::vector<int64_t>& in, std::vector<int32_t>& out) {
+void to_tokens(const char* name, const int64_t* in, int64_t n, std::vector<int32_t>& out) {
   out.clear();
-  if (in.empty()) return;
-  const auto [lo, hi] = std::minmax_element(in.begin(), in.end());
+  if (n == 0) return;
+  const auto [lo, hi] = std::minmax_element(in, in + n);
   if (*lo < 0) fail(std::string(name) + " must hold token ids >= 0, got " + std::to_string(*lo));
   if (*hi > INT32_MAX)
     fail(std::string(name) + " must hold token ids < 2^31 (native retriever), got " +
          std::to_string(*hi));
-  out.assign(in.begin(), in.end());
+  out.assign(in, in + n);
 }
 
 }  // namespace
@@ -58,18 +59,14 @@ int64_t SuffixIndex::num_keys() const {
 int64_t SuffixIndex::memory_bytes() const {
   int64_t bytes = static_cast<int64_t>(log_.capacity() * sizeof(int32_t) +
                                        (run_start_.capacity() + run_ns_.capacity()) * 8);
-  for (int ki = 0; ki < kNumKeys; ++ki)
-    bytes += static_cast<int64_t>(prev_[ki].capacity() * sizeof(uint32_t) +
-                                  heads_[ki].entries.capacity() * sizeof(HeadEntry));
+  for (const Heads& h : heads_)
+    bytes += static_cast<int64_t>(h.entries.capacity() * sizeof(HeadEntry));
+  bytes += static_cast<int64_t>(links_.capacity() * sizeof(Links));
   return bytes;
 }
 
-int64_t SuffixIndex::position_of(uint32_t s) const {
-  const int64_t p = start_ - start_ % capacity_ + s;
-  return p < start_ ? p + capacity_ : p;
-}
-
 int64_t SuffixIndex::namespace_at(int64_t pos) const {
+  if (run_start_.size() - run_first_ == 1) return run_ns_.back();
   const auto first = run_start_.begin() + static_cast<int64_t>(run_first_);
   return run_ns_[std::upper_bound(first, run_start_.end(), pos) - run_start_.begin() - 1];
 }
@@ -84,19 +81,21 @@ bool SuffixIndex::key_at(int64_t pos, int k, int32_t* key) const {
 }
 
 #ifndef GRAFT_SUFFIX_HASH_MASK
-#define GRAFT_SUFFIX_HASH_MASK 0xffffffffu  // a test build narrows it to force collisions
+#define GRAFT_SUFFIX_HASH_MASK 0x7fffffffu  // a test build narrows it to force collisions
 #endif
 
 uint32_t SuffixIndex::key_hash(int64_t ns, const int32_t* key, int k) {
-  uint64_t h = mix(static_cast<uint64_t>(ns) * 0x9e3779b97f4a7c15ULL + static_cast<uint64_t>(k));
-  for (int i = 0; i < k; ++i) h = mix(h ^ static_cast<uint32_t>(key[i]));
-  return static_cast<uint32_t>(h >> 32) & GRAFT_SUFFIX_HASH_MASK;
+  uint64_t h = static_cast<uint64_t>(ns) * 0x9e3779b97f4a7c15ULL + static_cast<uint64_t>(k);
+  for (int i = 0; i < k; ++i) h = (h ^ static_cast<uint32_t>(key[i])) * 0xff51afd7ed558ccdULL;
+  return static_cast<uint32_t>(mix(h) >> 33) & GRAFT_SUFFIX_HASH_MASK;  // never kNoKey
 }
 
 bool SuffixIndex::same_key(int64_t pos, int k, int64_t ns, const int32_t* key) const {
-  int32_t held[kLongestKey];
-  return key_at(pos, k, held) && std::memcmp(held, key, sizeof(int32_t) * k) == 0 &&
-         namespace_at(pos) == ns;
+  if (pos - k + 1 < start_) return false;
+  for (int i = 0; i < k; ++i) {
+    if (log_[slot(pos - k + 1 + i)] != key[i]) return false;  // key holds no separator
+  }
+  return namespace_at(pos) == ns;
 }
 
 int64_t SuffixIndex::find_key(int ki, int64_t ns, const int32_t* key, uint32_t hash) const {
@@ -121,24 +120,38 @@ int64_t SuffixIndex::find_entry(int ki, uint32_t hash, uint32_t s) const {
   return -1;
 }
 
-void SuffixIndex::insert_entry(int ki, uint32_t hash, uint32_t s) {
+int64_t SuffixIndex::replace_head(int ki, int64_t ns, const int32_t* key, uint32_t hash,
+                                  int64_t pos) {
   Heads& h = heads_[ki];
-  if (2 * (h.count + 1) > static_cast<int64_t>(h.entries.size())) {  // keep it half empty
-    std::vector<HeadEntry> old(std::max<size_t>(16, 2 * h.entries.size()), {kEmpty, 0});
-    old.swap(h.entries);
-    const size_t mask = h.entries.size() - 1;
-    for (const HeadEntry& entry : old) {
-      if (entry.slot == kEmpty) continue;
-      size_t e = entry.hash & mask;
-      while (h.entries[e].slot != kEmpty) e = (e + 1) & mask;
-      h.entries[e] = entry;
-    }
-  }
+  if (2 * (h.count + 1) > static_cast<int64_t>(h.entries.size())) grow_table(ki);  // half empty
+  const int k = kKeyLengths[ki];
   const size_t mask = h.entries.size() - 1;
   size_t e = hash & mask;
-  while (h.entries[e].slot != kEmpty) e = (e + 1) & mask;
-  h.entries[e] = {s, hash};
+  for (; h.entries[e].slot != kEmpty; e = (e + 1) & mask) {
+    HeadEntry& entry = h.entries[e];
+    if (entry.hash != hash) continue;
+    const int64_t old = position_of(entry.slot);
+    if (same_key(old, k, ns, key)) {
+      entry.slot = static_cast<uint32_t>(slot(pos));
+      return old;
+    }
+  }
+  h.entries[e] = {static_cast<uint32_t>(slot(pos)), hash};
   ++h.count;
+  return -1;
+}
+
+void SuffixIndex::grow_table(int ki) {
+  Heads& h = heads_[ki];
+  std::vector<HeadEntry> old(std::max<size_t>(16, 2 * h.entries.size()), {kEmpty, 0});
+  old.swap(h.entries);
+  const size_t mask = h.entries.size() - 1;
+  for (const HeadEntry& entry : old) {
+    if (entry.slot == kEmpty) continue;
+    size_t e = entry.hash & mask;
+    while (h.entries[e].slot != kEmpty) e = (e + 1) & mask;
+    h.entries[e] = entry;
+  }
 }
 
 void SuffixIndex::erase_entry(int ki, int64_t e) {
@@ -159,8 +172,22 @@ void SuffixIndex::erase_entry(int ki, int64_t e) {
   --h.count;
 }
 
+void SuffixIndex::prefetch_entry(int ki, uint32_t hash) const {
+  const auto& entries = heads_[ki].entries;
+  if (!entries.empty()) __builtin_prefetch(&entries[hash & (entries.size() - 1)]);
+}
+
+void SuffixIndex::prefetch_evicted(int64_t evicted) const {
+  for (int ki = 0; ki < kNumKeys; ++ki) {
+    const int64_t pos = evicted + kKeyLengths[ki] - 1;  // the key starting at evicted
+    if (pos >= end_) break;
+    const uint32_t hash = links_[slot(pos)].hash[ki];
+    if (hash != kNoKey) prefetch_entry(ki, hash);
+  }
+}
+
 int64_t SuffixIndex::prev_position(int ki, int64_t pos) const {
-  const uint32_t d = prev_[ki][slot(pos)];
+  const uint32_t d = links_[slot(pos)].prev[ki];
   return d == 0 ? -1 : pos - d;
 }
 
@@ -169,10 +196,8 @@ void SuffixIndex::grow() {
   const int64_t extra = std::min(std::max<int64_t>(size, 256), capacity_ - size);
   log_.reserve(size + extra);  // exact: resize alone may round the allocation up to 2 * size
   log_.resize(size + extra, kSeparator);
-  for (auto& prev : prev_) {
-    prev.reserve(size + extra);
-    prev.resize(size + extra, 0);
-  }
+  links_.reserve(size + extra);
+  links_.resize(size + extra, Links{{0, 0, 0}, {kNoKey, kNoKey, kNoKey}});
 }
 
 void SuffixIndex::append(const int32_t* tokens, int64_t n, int64_t ns) {
@@ -193,34 +218,67 @@ void SuffixIndex::append(const int32_t* tokens, int64_t n, int64_t ns) {
       run_ns_.push_back(ns);
     }
   }
-  int32_t key[kLongestKey];
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t pos = end_;
-    if (pos - start_ == capacity_) {
-      evict_oldest();
-    } else if (pos == static_cast<int64_t>(log_.size())) {
-      grow();
-    }
-    const int32_t t = tokens[i];
-    log_[slot(pos)] = t;
-    end_ = pos + 1;
-    run_ = t == kSeparator ? 0 : run_ + 1;
-    for (int ki = 0; ki < kNumKeys; ++ki) {
-      const int k = kKeyLengths[ki];
-      if (k > run_ || k > pos + 1 - start_) break;
-      key_at(pos, k, key);
-      const uint32_t hash = key_hash(ns, key, k);
-      const int64_t e = find_key(ki, ns, key, hash);
-      int64_t old = -1;
-      if (e >= 0) {
-        old = position_of(heads_[ki].entries[e].slot);
-        heads_[ki].entries[e].slot = static_cast<uint32_t>(slot(pos));
-      } else {
-        insert_entry(ki, hash, static_cast<uint32_t>(slot(pos)));
+  // Keys of the first new tokens may start in the last held ones: head holds those (the held
+  // run's last 3 tokens at most), then the first new ones; later keys are read from tokens.
+  int32_t head[2 * (kLongestKey - 1)];
+  const int64_t tail = std::min<int64_t>({kLongestKey - 1, run_, size()});
+  for (int64_t j = 0; j < tail; ++j) head[j] = log_[slot(end_ - tail + j)];
+  for (int64_t j = 0; j < std::min<int64_t>(kLongestKey - 1, n); ++j) head[tail + j] = tokens[j];
+  const auto key_end = [&](int64_t i) {  // one past the last token of token i's keys
+    return i >= kLongestKey - 1 ? tokens + i + 1 : head + tail + i + 1;
+  };
+  // The keys' hashes, a chunk at a time (bounded scratch), each chunk with the prefetch
+  // distance's lookahead: kNoKey where a key would hold a separator or start before head.
+  constexpr int64_t kChunk = 1024;
+  thread_local std::vector<uint32_t> hashes;
+  int32_t key_run = static_cast<int32_t>(std::min<int64_t>(run_, kLongestKey));
+  for (int64_t c = 0; c < n; c += kChunk) {
+    const int64_t stop = std::min(n, c + kChunk), ahead = std::min(n, stop + kPrefetchDistance);
+    hashes.resize(static_cast<size_t>(ahead - c) * kNumKeys);
+    int32_t run = key_run;  // non-separator tokens ending at token i, capped at the longest key
+    for (int64_t i = c; i < ahead; ++i) {
+      run = tokens[i] == kSeparator ? 0 : std::min<int32_t>(run + 1, kLongestKey);
+      if (i + 1 == stop) key_run = run;
+      const int64_t avail = std::min<int64_t>(run, i >= kLongestKey - 1 ? i + 1 : tail + i + 1);
+      for (int ki = 0; ki < kNumKeys; ++ki) {
+        const int k = kKeyLengths[ki];
+        hashes[(i - c) * kNumKeys + ki] = k <= avail ? key_hash(ns, key_end(i) - k, k) : kNoKey;
       }
-      // Distances past the capacity point at evicted text: saturating is exact.
-      prev_[ki][slot(pos)] =
-          old < 0 ? 0 : static_cast<uint32_t>(std::min<int64_t>(pos - old, UINT32_MAX));
+    }
+    for (int64_t i = c; i < stop; ++i) {
+      const int64_t pos = end_;
+      if (i + kPrefetchDistance < ahead) {
+        for (int ki = 0; ki < kNumKeys; ++ki) {
+          const uint32_t hash = hashes[(i + kPrefetchDistance - c) * kNumKeys + ki];
+          if (hash != kNoKey) prefetch_entry(ki, hash);
+        }
+      }
+      if (pos - start_ == capacity_) {
+        prefetch_evicted(start_ + kPrefetchDistance);
+        evict_oldest();
+      } else if (pos == static_cast<int64_t>(log_.size())) {
+        grow();
+      }
+      const int32_t t = tokens[i];
+      const int64_t s = slot(pos);
+      log_[s] = t;
+      end_ = pos + 1;
+      run_ = t == kSeparator ? 0 : run_ + 1;
+      Links& links = links_[s];
+      for (int ki = 0; ki < kNumKeys; ++ki) {
+        const int k = kKeyLengths[ki];
+        if (k > run_ || pos - k + 1 < start_) {
+          links.prev[ki] = 0;
+          links.hash[ki] = kNoKey;
+          continue;
+        }
+        const uint32_t hash = hashes[(i - c) * kNumKeys + ki];
+        const int64_t old = replace_head(ki, ns, key_end(i) - k, hash, pos);
+        // Distances past the capacity point at evicted text: saturating is exact.
+        links.prev[ki] =
+            old < 0 ? 0 : static_cast<uint32_t>(std::min<int64_t>(pos - old, UINT32_MAX));
+        links.hash[ki] = hash;
+      }
     }
   }
 }
@@ -240,10 +298,11 @@ void SuffixIndex::blank(int64_t first, int64_t last) {
   for (int64_t pos = first; pos < std::min(last + kLongestKey - 1, end_); ++pos) {
     for (int ki = 0; ki < kNumKeys; ++ki) {
       const int k = kKeyLengths[ki];
-      Stale s{ki, pos, 0, 0, {}};
-      if (pos - k + 1 >= last || !key_at(pos, k, s.key)) continue;
+      uint32_t& hash = links_[slot(pos)].hash[ki];
+      Stale s{ki, pos, 0, hash, {}};
+      if (pos - k + 1 >= last || hash == kNoKey || !key_at(pos, k, s.key)) continue;
+      hash = kNoKey;  // the key's text goes
       s.ns = namespace_at(pos);
-      s.hash = key_hash(s.ns, s.key, k);
       if (find_entry(ki, s.hash, static_cast<uint32_t>(slot(pos))) >= 0) stale.push_back(s);
     }
   }
@@ -263,18 +322,18 @@ void SuffixIndex::blank(int64_t first, int64_t last) {
 }
 
 void SuffixIndex::evict_oldest() {
+  // Drop the oldest token: a key starting there whose newest occurrence it is dies.
   const int64_t s = start_;
-  int32_t key[kLongestKey];
   for (int ki = 0; ki < kNumKeys; ++ki) {
-    const int k = kKeyLengths[ki];
-    const int64_t pos = s + k - 1;
+    const int64_t pos = s + kKeyLengths[ki] - 1;
     if (pos >= end_) break;
-    if (!key_at(pos, k, key)) continue;
-    const int64_t e = find_entry(ki, key_hash(namespace_at(pos), key, k),
-                                 static_cast<uint32_t>(slot(pos)));
+    const uint32_t hash = links_[slot(pos)].hash[ki];
+    if (hash == kNoKey) continue;
+    const int64_t e = find_entry(ki, hash, static_cast<uint32_t>(slot(pos)));
     if (e >= 0) erase_entry(ki, e);
   }
   start_ = s + 1;
+  start_slot_ = start_slot_ + 1 == capacity_ ? 0 : start_slot_ + 1;
   if (run_first_ + 1 < run_start_.size() && run_start_[run_first_ + 1] <= start_) {
     ++run_first_;
     if (run_first_ > 16 && 2 * run_first_ > run_start_.size()) {  // amortized O(1)
@@ -346,17 +405,17 @@ Retriever::Request& Retriever::request(const std::string& rid) {
   return it->second;
 }
 
-void Retriever::start_request(const std::string& rid, const std::vector<int64_t>& prompt,
+void Retriever::start_request(const std::string& rid, const int64_t* prompt, int64_t n,
                               int64_t ns) {
   if (requests_.count(rid)) fail("request '" + rid + "' already started");
-  to_tokens("prompt", prompt, tokens_);
+  to_tokens("prompt", prompt, n, tokens_);
   Request req{SuffixIndex(cfg_.request_capacity, cfg_.max_match, cfg_.max_occurrences), ns};
   req.index.append(tokens_.data(), static_cast<int64_t>(tokens_.size()), 0);
   requests_.emplace(rid, std::move(req));
 }
 
-void Retriever::extend_request(const std::string& rid, const std::vector<int64_t>& tokens) {
-  to_tokens("tokens", tokens, tokens_);
+void Retriever::extend_request(const std::string& rid, const int64_t* tokens, int64_t n) {
+  to_tokens("tokens", tokens, n, tokens_);
   request(rid).index.append(tokens_.data(), static_cast<int64_t>(tokens_.size()), 0);
 }
 
@@ -364,16 +423,12 @@ void Retriever::finish_request(const std::string& rid) {
   auto it = requests_.find(rid);
   if (it == requests_.end()) return;
   const SuffixIndex& index = it->second.index;
-  const int64_t ns = it->second.ns;
-  if (index.size()) {  // the request's reference to the namespace passes to the document
-    tokens_.clear();
-    index.copy_tokens(index.start(), index.end(), tokens_);
-    requests_.erase(it);
-    append_document(tokens_, ns, -1);
-  } else {
-    requests_.erase(it);
-    released_.push_back(ns);
+  if (finished_to_corpus && index.size()) {
+    Change change{{}, it->second.ns, -1, false};
+    index.copy_tokens(index.start(), index.end(), change.tokens);
+    enqueue(std::move(change));
   }
+  requests_.erase(it);
 }
 
 void Retriever::append_document(std::vector<int32_t>& tokens, int64_t ns, int64_t handle) {
@@ -381,45 +436,88 @@ void Retriever::append_document(std::vector<int32_t>& tokens, int64_t ns, int64_
   tokens.push_back(kSeparator);
   shared_.append(tokens.data(), static_cast<int64_t>(tokens.size()), ns);
   const int64_t last = shared_.end() - 1;
-  documents_.push_back({last, ns, handle});
-  if (handle >= 0) corpora_[handle] = {first, last, ns};
+  documents_.push_back({last, handle});
+  if (handle >= 0) corpora_[handle] = {first, last};
   while (!documents_.empty() && documents_.front().last <= shared_.start()) {
-    const Document d = documents_.front();
+    if (documents_.front().handle >= 0) corpora_.erase(documents_.front().handle);
     documents_.pop_front();
-    if (d.handle < 0 || corpora_.erase(d.handle)) released_.push_back(d.ns);  // not removed
   }
 }
 
-int64_t Retriever::add_corpus(const std::vector<int64_t>& tokens, int64_t ns) {
-  to_tokens("tokens", tokens, tokens_);
-  const int64_t handle = next_handle_++;
-  append_document(tokens_, ns, handle);
-  return handle;
+int64_t Retriever::add_corpus(const int64_t* tokens, int64_t n, int64_t ns) {
+  Change change{{}, ns, next_handle_, false};
+  to_tokens("tokens", tokens, n, change.tokens);
+  ++next_handle_;
+  enqueue(std::move(change));
+  return next_handle_ - 1;
 }
 
 void Retriever::remove_corpus(int64_t handle) {
   if (handle < 0 || handle >= next_handle_)
     fail("handle must be one returned by add_corpus, in [0, " + std::to_string(next_handle_) +
          "), got " + std::to_string(handle));
-  auto it = corpora_.find(handle);
-  if (it == corpora_.end()) return;
+  enqueue({{}, 0, handle, true});
+}
+
+void Retriever::apply(Change& change) {
+  if (!change.remove) {
+    append_document(change.tokens, change.ns, change.handle);
+    return;
+  }
+  auto it = corpora_.find(change.handle);
+  if (it == corpora_.end()) return;  // already evicted or removed
   const Span span = it->second;
   corpora_.erase(it);
   shared_.blank(span.first, span.last);
-  released_.push_back(span.ns);
 }
 
-std::vector<int64_t> Retriever::take_released() {
-  std::vector<int64_t> out;
-  out.swap(released_);
-  return out;
+void Retriever::enqueue(Change change) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  queue_.push_back(std::move(change));
+  if (!running_) {  // an idle retriever has no thread, so a fork finds none to lose
+    running_ = true;
+    std::thread(&Retriever::index_queue, this).detach();
+  }
+}
+
+void Retriever::index_queue() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  while (!queue_.empty() && !stopping_ && !failure_) {
+    Change change = std::move(queue_.front());
+    queue_.pop_front();
+    lock.unlock();
+    try {
+      apply(change);
+      lock.lock();
+    } catch (...) {
+      lock.lock();
+      failure_ = std::current_exception();
+      queue_.clear();
+    }
+  }
+  running_ = false;
+  // Waiters wake once this thread is gone: none can destroy the retriever under it.
+  std::notify_all_at_thread_exit(changed_, std::move(lock));
+}
+
+void Retriever::settle() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  changed_.wait(lock, [this] { return !running_; });
+  if (failure_) std::rethrow_exception(failure_);
+}
+
+Retriever::~Retriever() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  stopping_ = true;
+  changed_.wait(lock, [this] { return !running_; });
 }
 
 void Retriever::propose(const std::string& rid, const std::vector<int64_t>& suffix,
                         int64_t max_nodes, Trie& out) {
   if (max_nodes < 0) fail("max_nodes must be >= 0, got " + std::to_string(max_nodes));
   std::vector<int32_t> path;
-  to_tokens("suffix", suffix, path);
+  to_tokens("suffix", suffix.data(), static_cast<int64_t>(suffix.size()), path);
+  settle();
   propose_request(request(rid), path.data(), static_cast<int>(path.size()), max_nodes, out);
 }
 
@@ -523,6 +621,7 @@ void Retriever::retrieve_packed(const std::vector<std::string>& rids, const int6
   for (int64_t n : {root_nodes, anchor_nodes})
     if (n < 0) fail("max_nodes must be >= 0, got " + std::to_string(n));
   if (max_slots < 0) fail("max_slots must be >= 0, got " + std::to_string(max_slots));
+  settle();
   const int64_t bs = static_cast<int64_t>(rids.size()), cells = bs * max_slots;
   std::vector<const Request*> reqs;
   for (const std::string& rid : rids) reqs.push_back(&request(rid));
@@ -598,6 +697,35 @@ using graft_suffix::Retriever;
 
 namespace {
 
+// Token ids from Python: a 1-d int64 buffer (array('q'), a numpy array) is read in place, any
+// other sequence of ints is converted.
+class TokenIds {
+ public:
+  explicit TokenIds(const py::handle& tokens) {
+    if (PyObject_CheckBuffer(tokens.ptr())) {
+      view_ = py::reinterpret_borrow<py::buffer>(tokens).request();
+      if (view_.ndim == 1 && view_.itemsize == 8 &&
+          (view_.format == "q" || view_.format == "l") &&
+          (view_.shape[0] < 2 || view_.strides[0] == 8)) {
+        data_ = static_cast<const int64_t*>(view_.ptr);
+        size_ = view_.shape[0];
+        return;
+      }
+    }
+    owned_ = tokens.cast<std::vector<int64_t>>();
+    data_ = owned_.data();
+    size_ = static_cast<int64_t>(owned_.size());
+  }
+  const int64_t* data() const { return data_; }
+  int64_t size() const { return size_; }
+
+ private:
+  py::buffer_info view_;  // held (not released) while the ids are read in place
+  std::vector<int64_t> owned_;
+  const int64_t* data_ = nullptr;
+  int64_t size_ = 0;
+};
+
 // A C-contiguous buffer of ``ndim`` dims with items of ``itemsize`` bytes.
 py::buffer_info checked(const py::buffer& buffer, const char* name, int ndim,
                         py::ssize_t itemsize, bool writable) {
@@ -625,12 +753,24 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
              return new Retriever({shared_capacity, request_capacity, min_match, max_match,
                                    max_depth, max_occurrences, own_weight, confidence_scale});
            }))
-      .def("start_request", &Retriever::start_request)
-      .def("extend_request", &Retriever::extend_request)
+      .def("start_request",
+           [](Retriever& r, const std::string& rid, const py::handle& prompt, int64_t ns) {
+             const TokenIds ids(prompt);
+             r.start_request(rid, ids.data(), ids.size(), ns);
+           })
+      .def("extend_request",
+           [](Retriever& r, const std::string& rid, const py::handle& tokens) {
+             const TokenIds ids(tokens);
+             r.extend_request(rid, ids.data(), ids.size());
+           })
       .def("finish_request", &Retriever::finish_request)
-      .def("add_corpus", &Retriever::add_corpus)
+      .def("add_corpus",
+           [](Retriever& r, const py::handle& tokens, int64_t ns) {
+             const TokenIds ids(tokens);
+             return r.add_corpus(ids.data(), ids.size(), ns);
+           })
       .def("remove_corpus", &Retriever::remove_corpus)
-      .def("take_released", &Retriever::take_released)
+      .def("settle", &Retriever::settle)
       .def("propose",
            [](Retriever& r, const std::string& rid, const std::vector<int64_t>& suffix,
               int64_t max_nodes) {
@@ -665,5 +805,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_property_readonly("shared_memory_bytes", &Retriever::shared_memory_bytes)
       .def_property_readonly("request_memory_bytes", &Retriever::request_memory_bytes)
       .def_property_readonly("num_documents", &Retriever::num_documents)
-      .def_property_readonly("num_corpora", &Retriever::num_corpora);
+      .def_property_readonly("num_corpora", &Retriever::num_corpora)
+      .def_readwrite("finished_to_corpus", &Retriever::finished_to_corpus);
 }

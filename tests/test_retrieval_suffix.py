@@ -10,9 +10,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from graft_sglang.proposer import GraftProposer, RetrievalPlan, kept_draft_leaves
-from graft_sglang.retrieval.suffix import SuffixConfig, SuffixRetriever
+from graft_sglang.retrieval.base import RetrievalPlan
+from graft_sglang.retrieval.suffix import SuffixConfig, SuffixRetriever, draft_path
 from graft_sglang.retrieval.suffix_index import SEPARATOR, SuffixIndex
+from graft_sglang.step import draft_anchors
 from graft_sglang.tree.builder import GraftConfig
 from graft_sglang.tree.retrieved import pack_retrieved
 from tests.random_inputs import eagle_draft
@@ -323,6 +324,22 @@ def test_tenant_sees_only_its_own_corpus() -> None:
         r.start_request("bad", [1], tenant=["not", "hashable"])
 
 
+def test_finished_text_stays_out_of_the_corpus_when_a_feed_adds_it() -> None:
+    """With ``finished_to_corpus`` off, a finished request leaves nothing behind: its text and
+    its tenant's reference go (a feed adds the same text itself)."""
+    r = SuffixRetriever()
+    r.finished_to_corpus = False
+    r.start_request("a", [1, 2, 3, 4], tenant="t")
+    r.finish_request("a")
+    assert len(r.shared) == 0 and len(r.tenants) == 0
+    r.start_request("q", [9, 1, 2], tenant="t")
+    assert r.propose("q", (), 4).tokens == []
+    r.finished_to_corpus = True
+    r.finish_request("q")
+    r.start_request("q2", [1, 9], tenant="t")
+    assert r.propose("q2", (), 4).tokens == [1, 2]  # the default: finished text joins
+
+
 def fed(events: list[tuple], tenant_of: dict[str, object], config: SuffixConfig,
         only: object = "all") -> SuffixRetriever:
     """A retriever fed ``events`` (all of them, or only those of tenant ``only``)."""
@@ -424,24 +441,26 @@ def test_shared_capacity_bounds_all_tenants_together() -> None:
     assert r.tenants.lookup("last") is None
 
 
-def test_retrieve_packed_is_the_proposers_retrieval() -> None:
-    """One batched call answers what GraftProposer.retrieve + pack_retrieved answer."""
+def test_retrieve_packed_is_one_propose_per_query() -> None:
+    """One batched call answers what a ``propose`` per query + pack_retrieved answer."""
     gen = torch.Generator().manual_seed(3)
     rng = random.Random(3)
     r = SuffixRetriever(SuffixConfig(max_match=6))
     config = GraftConfig(budget=16, threshold=0.05)
     plan = RetrievalPlan(root_nodes=6, draft_anchors=3, anchor_nodes=4)
-    proposer = GraftProposer(config, r, plan)
     rids = [f"r{b}" for b in range(5)]
     for rid in rids:
         r.start_request(rid, [rng.randrange(8) for _ in range(60)], tenant=rid[-1] == "1")
     r.add_corpus([rng.randrange(8) for _ in range(80)])
     for _ in range(10):
         draft = eagle_draft(gen, len(rids), 3, 3, 8)
-        leaves = kept_draft_leaves(draft, config, plan.draft_anchors)
-        anchors = torch.tensor([row + [-1] * (plan.draft_anchors - len(row)) for row in leaves])
-        want = pack_retrieved(proposer.retrieve(rids, draft), draft.num_candidates,
-                              plan.max_slots)
+        anchors = draft_anchors(draft, config, plan.draft_anchors)
+        tries = [[(-1, r.propose(rid, (), plan.root_nodes))] + [
+            (node, r.propose(rid, draft_path(draft.tokens[b].tolist(),
+                                             draft.parents[b].tolist(), node),
+                             plan.anchor_nodes))
+            for node in anchors[b].tolist() if node >= 0] for b, rid in enumerate(rids)]
+        want = pack_retrieved(tries, draft.num_candidates, plan.max_slots)
         got = r.retrieve_packed(rids, anchors, draft.tokens, draft.parents, plan.root_nodes,
                                 plan.anchor_nodes, plan.max_slots)
         assert got.valid.any()

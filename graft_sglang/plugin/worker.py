@@ -138,10 +138,13 @@ class GraftState:
         enter the retrieval index, so no tree holds one (None: no filter).
     broadcast:  the TP broadcast switch (``plugin/tp.py``): rank 0's trees and stop-drafting
         decisions on every rank (None: each rank decides from its own, identical, inputs).
+    radix_cache: whether the server keeps a radix cache (``--disable-radix-cache``: no feed,
+        finished requests' text reaches the shared corpus directly).
     """
 
     def __init__(self, settings: GraftSettings, budget: int, vocab_size: int | None,
-                 device: torch.device | str = "cpu", broadcast: Broadcast | None = None) -> None:
+                 device: torch.device | str = "cpu", broadcast: Broadcast | None = None,
+                 radix_cache: bool = True) -> None:
         self.settings = settings
         self.vocab_size = vocab_size
         self.recipe = settings.recipe(budget, vocab_size)
@@ -151,8 +154,8 @@ class GraftState:
         # No per-step value checks in a server: each would be a host read.
         self.step = GraftStep.for_recipe(self.recipe, self.retriever, vocab_size=vocab_size,
                                          device=device, check_inputs=False)
-        self.radix_feed = (RadixFeed(self.retriever, vocab_size=vocab_size)
-                           if settings.radix_feed and self.retriever is not None else None)
+        feed = settings.radix_feed and radix_cache and self.retriever is not None
+        self.radix_feed = RadixFeed(self.retriever, vocab_size=vocab_size) if feed else None
         self.broadcast = broadcast
         self.requests = RequestSync(self.retriever, vocab_size)
         self.last_input: GraftVerifyInput | None = None
@@ -269,7 +272,7 @@ class GraftWorker(EAGLEWorkerV2):
                      if settings.tp_broadcast and group.world_size > 1 else None)
         vocab = getattr(target_worker.model_runner.model_config, "vocab_size", None)
         self.graft = GraftState(settings, self.speculative_num_draft_tokens, vocab, self.device,
-                                broadcast)
+                                broadcast, radix_cache=not server_args.disable_radix_cache)
         if self._draft_worker is not None:
             self._draft_worker.graft = self.graft
         if self.graft.radix_feed is not None:

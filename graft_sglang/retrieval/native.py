@@ -4,7 +4,9 @@
 memory contract, the same proposals bit for bit (the Python implementation is its test oracle),
 and ``retrieve_packed`` answers a whole step in one call, writing ``pack_retrieved``'s tensors
 from C++ (one host buffer, one copy to ``device``). Tenant keys stay in Python (a
-``TenantRegistry``); the C++ side sees namespace ids and reports every reference it drops.
+``TenantRegistry``); the C++ side sees namespace ids. Which documents the shared ring still
+holds is arithmetic on their lengths, so the wrapper drops a document's tenant reference at the
+call that evicts it, as ``suffix`` does, without asking the native side.
 
 Build: JIT on first use with ``torch.utils.cpp_extension`` (a C++17 compiler and ninja, which
 the venv has; pybind11 from torch's include directory; no torch headers), cached on disk under
@@ -12,7 +14,14 @@ the venv has; pybind11 from torch's include directory; no torch headers), cached
 ``load_native`` raises ``NativeUnavailable``; ``suffix_retriever`` then logs one line and
 returns the Python one.
 
-Costs: the O-bounds of ``suffix``; memory per index at most 112 bytes per token of capacity
+Corpus changes in the background: ``add_corpus``, ``remove_corpus`` and ``finish_request``
+check their arguments, queue the change and return (O(len(tokens)) to copy the tokens, read in
+place from an int64 buffer such as ``array('q')`` or a numpy array); one native thread indexes
+the queue in order, and every call that reads the corpus first waits for it. The answers are
+those of indexing each document at its call, while the caller's thread (SGLang's scheduler,
+for the radix feed) goes on until its next retrieval call.
+
+Costs: the O-bounds of ``suffix``; memory per index at most 124 bytes per token of capacity
 (``kernels/suffix_index.h``). Deterministic: the same calls give the same answers on every
 tensor-parallel rank. Differences from the Python one: token ids must be below 2^31 and
 capacities at most 2^31 - 1 (ValueError otherwise).
@@ -21,6 +30,7 @@ capacities at most 2^31 - 1 (ValueError otherwise).
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Hashable, Sequence
 from types import ModuleType
 
@@ -98,7 +108,21 @@ class NativeSuffixRetriever:
             cfg.shared_capacity, cfg.request_capacity, cfg.min_match, cfg.max_match,
             cfg.max_depth, cfg.max_occurrences, cfg.own_weight, cfg.confidence_scale)
         self.tenants = TenantRegistry()
-        self._live: dict[str, None] = {}  # live rids in start order
+        self._live: dict[str, tuple[int, int]] = {}  # rid -> (tokens held, namespace)
+        # The shared ring as the native side lays it out: its end, and every document, oldest
+        # first, as (log position of its closing SEPARATOR, namespace, handle or -1).
+        self._shared_end = 0
+        self._documents: deque[tuple[int, int, int]] = deque()
+        self._corpora: dict[int, int] = {}  # held add_corpus handle -> namespace
+
+    @property
+    def finished_to_corpus(self) -> bool:
+        """``SuffixRetriever.finished_to_corpus``."""
+        return self._native.finished_to_corpus
+
+    @finished_to_corpus.setter
+    def finished_to_corpus(self, value: bool) -> None:
+        self._native.finished_to_corpus = bool(value)
 
     # -- RetrievalSource ----------------------------------------------------------------------
     def start_request(self, rid: str, prompt: Sequence[int], tenant: Hashable = None) -> None:
@@ -110,17 +134,26 @@ class NativeSuffixRetriever:
         except BaseException:
             self.tenants.release(namespace)
             raise
-        self._live[rid] = None
+        self._live[rid] = (min(len(prompt), self.config.request_capacity), namespace)
 
     def extend_request(self, rid: str, tokens: Sequence[int]) -> None:
         self._native.extend_request(rid, tokens)
+        held, namespace = self._live[rid]
+        self._live[rid] = (min(held + len(tokens), self.config.request_capacity), namespace)
 
     def finish_request(self, rid: str) -> None:
-        """Drop the request's state (a no-op for an unknown one); its text joins its tenant's
-        shared corpus."""
-        self._live.pop(rid, None)
+        """Drop the request's state (a no-op for an unknown one); with ``finished_to_corpus``
+        its text joins its tenant's shared corpus (indexed in the background)."""
+        entry = self._live.pop(rid, None)
+        if entry is None:
+            return
+        held, namespace = entry
+        to_corpus = self.finished_to_corpus and held > 0
         self._native.finish_request(rid)
-        self._release()
+        if to_corpus:  # the request's reference passes to the document
+            self._hold_document(held, namespace, -1)
+        else:
+            self.tenants.release(namespace)
 
     def propose(self, rid: str, suffix: Sequence[int] = (), max_nodes: int = 16) -> Continuations:
         return Continuations(*self._native.propose(rid, suffix, max_nodes))
@@ -147,24 +180,41 @@ class NativeSuffixRetriever:
 
     # -- shared corpus --------------------------------------------------------------------------
     def add_corpus(self, tokens: Sequence[int], tenant: Hashable = None) -> int:
-        """Add text to ``tenant``'s shared corpus; returns a handle for ``remove_corpus``."""
+        """Add text to ``tenant``'s shared corpus (indexed in the background, see the module
+        docstring); returns a handle for ``remove_corpus``."""
         namespace = self.tenants.acquire(tenant)
         try:
             handle = self._native.add_corpus(tokens, namespace)
         except BaseException:
             self.tenants.release(namespace)
             raise
-        self._release()
+        self._corpora[handle] = namespace
+        self._hold_document(len(tokens), namespace, handle)
         return handle
 
     def remove_corpus(self, handle: int) -> None:
-        """Forget text added by ``add_corpus``; a no-op if it was already evicted or removed."""
+        """Forget text added by ``add_corpus``; a no-op if it was already evicted or removed
+        (applied in the background, in order)."""
         self._native.remove_corpus(handle)
-        self._release()
-
-    def _release(self) -> None:
-        for namespace in self._native.take_released():
+        namespace = self._corpora.pop(handle, None)
+        if namespace is not None:
             self.tenants.release(namespace)
+
+    def settle(self) -> None:
+        """Wait until every queued corpus change is indexed (reading calls do it themselves)."""
+        self._native.settle()
+
+    def _hold_document(self, length: int, namespace: int, handle: int) -> None:
+        """Mirror the native ring: a document of ``length`` tokens and its SEPARATOR at the
+        end, then the documents it pushed out entirely, oldest first, drop their reference."""
+        last = self._shared_end + length
+        self._shared_end = last + 1
+        self._documents.append((last, namespace, handle))
+        start = self._shared_end - self.config.shared_capacity
+        while self._documents and self._documents[0][0] <= start:
+            _, namespace, handle = self._documents.popleft()
+            if handle < 0 or self._corpora.pop(handle, None) is not None:  # not removed
+                self.tenants.release(namespace)
 
     @property
     def live_requests(self) -> list[str]:

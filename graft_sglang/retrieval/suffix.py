@@ -7,9 +7,10 @@ removable with ``remove_corpus``, each document in its tenant's namespace.
 
 Tenants: a request's tenant is chosen at ``start_request`` (any hashable key, default ``None``;
 ``tenants`` module), a document's at ``add_corpus``, and a finished request's text joins its own
-tenant's corpus. ``propose`` for a request sees only its own text and its own tenant's
-documents: no text of another tenant ever reaches it, so acceptance cannot leak one tenant's
-text to another.
+tenant's corpus (unless ``finished_to_corpus`` is off: set by a feed that adds the same text
+itself, e.g. SGLang's radix feed, so that no text is held twice). ``propose`` for a request sees
+only its own text and its own tenant's documents: no text of another tenant ever reaches it, so
+acceptance cannot leak one tenant's text to another.
 
 Memory: ``request_capacity`` tokens per live request; ``shared_capacity`` tokens for the shared
 corpus, all tenants together (one ring buffer: the oldest token is evicted first, whichever
@@ -131,6 +132,7 @@ class SuffixRetriever:
         self._documents: deque[tuple[int, int, int]] = deque()
         self._corpora: dict[int, tuple[int, int, int]] = {}  # handle -> (first, last, namespace)
         self._next_handle = 0
+        self.finished_to_corpus = True  # whether finish_request adds the request's text
 
     def _new_index(self, capacity: int) -> SuffixIndex:
         return SuffixIndex(capacity=capacity, max_match=self.config.max_match,
@@ -151,13 +153,13 @@ class SuffixRetriever:
         self._request(rid)[0].append(tokens)
 
     def finish_request(self, rid: str) -> None:
-        """Drop the request's state (a no-op for an unknown one); its text joins its tenant's
-        shared corpus."""
+        """Drop the request's state (a no-op for an unknown one); with ``finished_to_corpus``
+        its text joins its tenant's shared corpus."""
         entry = self._requests.pop(rid, None)
         if entry is None:
             return
         index, namespace = entry
-        if len(index):  # the request's reference to the namespace passes to the document
+        if self.finished_to_corpus and len(index):  # the reference passes to the document
             self._append_document(index.tokens(index.start, index.end), namespace, -1)
         else:
             self.tenants.release(namespace)

@@ -1,9 +1,9 @@
 """Tenants of the shared retrieval corpus: who may retrieve whose text.
 
-A tenant is any hashable key (SGLang's plugin passes ``(extra_key, cache_salt)``, the pair its
-radix cache namespaces by); ``None`` is the default tenant. Each tenant gets a namespace id of
-the shared ``SuffixIndex`` (``suffix_index`` module docstring), so a request only ever matches
-its own tenant's text.
+A tenant is any hashable key (SGLang's plugin passes ``radix_tenant(extra_key, cache_salt)``,
+the pair its radix cache namespaces by); ``None`` is the default tenant. Each tenant gets a
+namespace id of the shared ``SuffixIndex`` (``suffix_index`` module docstring), so a request
+only ever matches its own tenant's text.
 
 Lifetime: each live request and each held corpus document holds one reference to its tenant's
 namespace; a namespace whose last reference goes is forgotten, and the tenant gets a fresh id
@@ -15,6 +15,12 @@ tensor-parallel rank.
 from __future__ import annotations
 
 from collections.abc import Hashable
+
+
+def radix_tenant(extra_key: str | None, cache_salt: str | None) -> tuple[str | None, str | None]:
+    """The tenant of an SGLang request or radix key: ``(extra_key, cache_salt)``, the pair the
+    radix cache namespaces its tree by (an empty salt is no salt, as SGLang normalizes it)."""
+    return extra_key, cache_salt or None
 
 
 class TenantRegistry:
