@@ -104,3 +104,13 @@ def test_workload_file_is_sglang_custom_jsonl(tmp_path: Path) -> None:
     rows = sample_custom_requests(str(path), 3, tok, fixed_output_len=64)
     assert len(rows) == 3 and all(r.output_len == 64 for r in rows)
     assert all("Here is a Python function" in r.prompt for r in rows)
+
+
+def test_graft_sync_is_graft_without_the_overlap_schedule() -> None:
+    args = parse_args(["--methods", "graft", "graft-sync",
+                       "--graft-env", "SGLANG_GRAFT_MODE=graft"])
+    sync, overlap = server_args("GRAFT-SYNC", args), server_args("GRAFT", args)
+    assert sync[sync.index("--speculative-algorithm") + 1] == "GRAFT"
+    assert "--disable-overlap-schedule" in sync and "--disable-overlap-schedule" not in overlap
+    assert server_env("GRAFT-SYNC", args) == server_env("GRAFT", args) == {
+        "SGLANG_GRAFT_MODE": "graft"}

@@ -27,8 +27,11 @@ from typing import Any
 from graft_sglang.datasets import DATASETS, load
 from graft_sglang.server_process import CPU_LAUNCHER, GPU_LAUNCHER, ServerProcess
 
-METHODS = ("PLAIN", "EAGLE3", "NGRAM", "GRAFT")
-TREE_METHODS = ("EAGLE3", "GRAFT")
+# GRAFT-SYNC: GRAFT on SGLang's synchronous schedule (--disable-overlap-schedule); every other
+# method runs the schedule SGLang gives it (on CPU SGLang turns overlap off for its own ones).
+METHODS = ("PLAIN", "EAGLE3", "NGRAM", "GRAFT", "GRAFT-SYNC")
+TREE_METHODS = ("EAGLE3", "GRAFT", "GRAFT-SYNC")
+DEFAULT_METHODS = ("PLAIN", "EAGLE3", "NGRAM", "GRAFT")
 # Counters of /server_info's internal state read around each run (summed over ranks: rank 0's).
 COUNTERS = ("spec_accept_tokens", "spec_verify_steps", "graft_accepted_draft_tokens",
             "graft_accepted_grafted_tokens")
@@ -47,7 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", help="target model (default on cpu: the embedded model)")
     p.add_argument("--draft", help="EAGLE-3 head for EAGLE3 and GRAFT (default on cpu: the "
                    "shipped head)")
-    p.add_argument("--methods", nargs="+", default=list(METHODS), type=str.upper,
+    p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), type=str.upper,
                    choices=METHODS)
     p.add_argument("--workloads", nargs="+", default=list(DATASETS), choices=DATASETS)
     p.add_argument("--concurrency", nargs="+", type=_positive, default=[1, 2, 4])
@@ -73,7 +76,7 @@ def check_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         p.error("--target is required with --device gpu")
     if args.device == "gpu" and set(TREE_METHODS) & set(args.methods) and not args.draft:
         p.error("--draft is required for EAGLE3 and GRAFT with --device gpu")
-    if "GRAFT" in args.methods and args.topk < 2:
+    if any(m.startswith("GRAFT") for m in args.methods) and args.topk < 2:
         p.error(f"--topk must be >= 2 for GRAFT, got {args.topk}")
     limit = 1 + args.topk + (args.steps - 1) * args.topk ** 2
     if set(TREE_METHODS) & set(args.methods) and args.draft_tokens > limit:
@@ -102,17 +105,20 @@ def server_args(method: str, args: argparse.Namespace) -> list[str]:
         out += ["--speculative-algorithm", "NGRAM",
                 "--speculative-num-draft-tokens", str(args.draft_tokens)]
     elif method in TREE_METHODS:
-        out += ["--speculative-algorithm", method, "--speculative-num-steps", str(args.steps),
+        out += ["--speculative-algorithm", method.removesuffix("-SYNC"),
+                "--speculative-num-steps", str(args.steps),
                 "--speculative-eagle-topk", str(args.topk),
                 "--speculative-num-draft-tokens", str(args.draft_tokens)]
         if args.draft:
             out += ["--speculative-draft-model-path", args.draft]
+        if method.endswith("-SYNC"):
+            out += ["--disable-overlap-schedule"]
     return out + shlex.split(args.server_args)
 
 
 def server_env(method: str, args: argparse.Namespace) -> dict[str, str]:
-    """``--graft-env`` settings, for the GRAFT server only."""
-    if method != "GRAFT":
+    """``--graft-env`` settings, for the GRAFT servers only."""
+    if not method.startswith("GRAFT"):
         return {}
     return dict(item.split("=", 1) for item in args.graft_env)
 
@@ -186,7 +192,7 @@ def measure(method: str, workload: str, concurrency: int, result: dict[str, Any]
               if delta["spec_verify_steps"] > 0 else (None if method != "PLAIN" else 1.0))
     grafted = delta["graft_accepted_grafted_tokens"]
     accepted = grafted + delta["graft_accepted_draft_tokens"]
-    share = grafted / accepted if method == "GRAFT" and accepted > 0 else None
+    share = grafted / accepted if method.startswith("GRAFT") and accepted > 0 else None
     return Run(method, workload, concurrency, float(result["output_throughput"]), accept,
                share, list(result.get("generated_texts") or []))
 
