@@ -6,10 +6,11 @@ stops there (no further draft forward passes: the latency saving), and the stage
 draft nodes the tree keeps; retrieval gets the rest of the budget. If no checkpoint fires, the
 dense draft tree is verified as in EAGLE-3.
 
-Paper (reconstructed, graft-paper-notes.md): checkpoints after levels 0, 1, 5 (level 0 = the
-root's children, produced before any draft forward of the step), split at K = 60 of 8 / 24 / 40
-draft nodes (K counts the non-root nodes: ``budget = K + 1``). Thresholds are not published;
-0.35 / 0.25 / 0.15 are a third-party port's defaults, to be calibrated by measurement.
+Paper (as reconstructed from its text): checkpoints after levels 0, 1, 5 (level 0 = the root's
+children, produced before any draft forward of the step), split at K = 60 of 8 / 24 / 40 draft
+nodes (K counts the non-root nodes: ``budget = K + 1``). Thresholds are not published;
+0.35 / 0.25 / 0.15 are a third-party port's defaults, calibrated per draft head by
+``bench/calibrate.py`` (the head's ``calibration.json``).
 """
 
 from __future__ import annotations

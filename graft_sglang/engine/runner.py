@@ -23,7 +23,7 @@ from graft_sglang.engine.drafters.lm import LMDrafter, truncated_copy
 from graft_sglang.engine.methods import Method
 from graft_sglang.retrieval.native import suffix_retriever
 
-BAD_DRAFTER_LAYERS = 1  # the cheapest truncated copy; deeper copies agree no better (3-10%)
+BAD_DRAFTER_LAYERS = 1  # the cheapest truncated copy of the target (the "bad drafter")
 
 
 def chat_ids(tokenizer: object, prompt: str) -> list[int]:

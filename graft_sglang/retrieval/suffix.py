@@ -66,10 +66,10 @@ class SuffixConfig:
     max_depth:        longest continuation followed.
     max_occurrences:  most recent occurrences merged per query.
     own_weight:       weight of the request's own occurrences relative to shared ones.
-    confidence_scale: ``L`` at which the match confidence reaches 1 - 1/e; 4 by measurement
-                      (bench.retrieval's calibration, bench/results/retrieval.json): the scale
-                      at which predicted path probabilities best follow the observed share of
-                      correct nodes on code.
+    confidence_scale: ``L`` at which the match confidence reaches 1 - 1/e, > 0. The default
+                      is the scale at which predicted path probabilities followed the observed
+                      share of correct nodes on code best in ``bench.retrieval``'s calibration
+                      tables (see bench/results/retrieval.json).
     """
 
     shared_capacity: int = 1 << 20
