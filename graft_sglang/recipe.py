@@ -14,6 +14,10 @@ checkpoints, per-request stage split, successor table) and its ablations (graft-
 ``graft-noprune`` (the deepest stage's split always, no confidence trigger), ``graft-root``
 (retrieval at the root takes a fixed half, no pruning), ``graft-tail`` (retrieval only after the
 best kept draft path). The plugin serves ``MODES``.
+
+A recipe may be cost-aware (``cost.policy.CostPolicy``: each step verifies the prefix of its
+tree, and drafts the levels, that maximise expected tokens per unit of time); by default every
+recipe verifies its whole tree. Only the offline engine acts on the policy so far.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from dataclasses import dataclass, field
 import torch
 
 from graft_sglang.calibration import DEFAULT_THRESHOLD
+from graft_sglang.cost.policy import CostPolicy
 from graft_sglang.retrieval.base import RetrievalPlan
 from graft_sglang.retrieval.successor import PAPER_WIDTHS
 from graft_sglang.stages import StagePolicy, StopRule
@@ -53,6 +58,7 @@ class Recipe:
     stop:             when the draft loop stops; its checkpoints set per-request draft quotas.
     successor_k:      next tokens kept per token by the successor table.
     successor_widths: the successor table's walk, level by level.
+    cost:             the cost-aware decisions (verify width, draft depth) of each step.
     """
 
     name: str
@@ -62,6 +68,7 @@ class Recipe:
     stop: StopRule = field(default_factory=StopRule)
     successor_k: int = 10
     successor_widths: tuple[int, ...] = PAPER_WIDTHS
+    cost: CostPolicy = field(default_factory=lambda: CostPolicy(enabled=False))
 
     @property
     def stages(self) -> StagePolicy | None:
@@ -90,7 +97,7 @@ def make_recipe(
     relative: float | None = None, retrieval_weight: float = 1.0, retrieval: str | None = None,
     root_nodes: int | None = None, draft_anchors: int = 1, anchor_nodes: int | None = None,
     stages: StagePolicy | None = None, early_stop: bool = True, successor_k: int = 10,
-    vocab_size: int | None = None,
+    vocab_size: int | None = None, cost: CostPolicy | None = None,
 ) -> Recipe:
     """The recipe of mode ``name`` for trees of ``budget`` nodes (root included).
 
@@ -103,6 +110,7 @@ def make_recipe(
         the root, ``max(1, budget // 4)`` below each anchor).
     stages: the checkpoints (``graft-paper`` / ``graft-noprune``: default ``StagePolicy()``;
         ``graft``: optional, on top of per-node pruning).
+    cost: the cost-aware decisions; default off (the whole tree, every draft level).
     Raises ValueError naming the argument and its allowed values.
     """
     if name not in RECIPES:
@@ -128,7 +136,9 @@ def make_recipe(
                              0 if name == "retrieval" else draft_anchors,
                              max(1, budget // 4) if anchor_nodes is None else anchor_nodes)
     stop_below = threshold if early_stop else None
-    common = {"successor_k": successor_k}
+    if cost is None:
+        cost = CostPolicy(enabled=False)
+    common = {"successor_k": successor_k, "cost": cost}
     if name in ("chain", "dense"):
         return Recipe(name, config(), **common)
     if name == "pruned":

@@ -114,3 +114,12 @@ def test_graft_sync_is_graft_without_the_overlap_schedule() -> None:
     assert "--disable-overlap-schedule" in sync and "--disable-overlap-schedule" not in overlap
     assert server_env("GRAFT-SYNC", args) == server_env("GRAFT", args) == {
         "SGLANG_GRAFT_MODE": "graft"}
+
+
+def test_graft_whole_is_graft_without_step_costs() -> None:
+    args = parse_args(["--methods", "graft", "graft-whole"])
+    whole = server_args("GRAFT-WHOLE", args)
+    assert whole[whole.index("--speculative-algorithm") + 1] == "GRAFT"
+    assert whole == server_args("GRAFT", args)
+    assert server_env("GRAFT-WHOLE", args) == {"SGLANG_GRAFT_COST_TABLE": "none"}
+    assert server_env("GRAFT", args) == {}

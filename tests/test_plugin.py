@@ -358,9 +358,14 @@ def test_graft_metrics_beside_spec_accept_length() -> None:
     for _ in range(3):  # root, a draft node, a grafted one, a merged one (counts as draft)
         state.accepts.add(source, torch.tensor([[0, 1, 2, 3, -1]]), torch.tensor([4]))
     state.stops = {1: 4, 0: 2}
+    state.plain_steps = 1
+    state.widths = {8: 2, 1: 1}
     assert graft_metrics(state) == {"graft_steps": 3, "graft_accepted_draft_tokens": 6,
                                     "graft_accepted_grafted_tokens": 3,
                                     "graft_grafted_share": 1 / 3,
+                                    "graft_plain_steps": 1,
+                                    "graft_verify_width_1_steps": 1,
+                                    "graft_verify_width_8_steps": 2,
                                     "graft_draft_stops_after_level_0": 2,
                                     "graft_draft_stops_after_level_1": 4}
 

@@ -189,6 +189,19 @@ class TestGraft(Lossless):
         assert after["graft_grafted_share"] > 0
 
 
+    def test_cost_aware_widths(self, server: ServerProcess) -> None:
+        """The CPU launcher's default step costs make GRAFT cost-aware: a chat answer's steps
+        verify at more than one width of 1, 2, 4, 8 (plain steps included), all counted."""
+        before = graft_state(server)
+        answer(server, QUESTIONS[0], max_new_tokens=32)
+        after = graft_state(server)
+        used = {int(k.split("_")[3]): after[k] - before.get(k, 0) for k in after
+                if k.startswith("graft_verify_width_")}
+        used = {n: c for n, c in used.items() if c > 0}
+        assert set(used) <= {1, 2, 4, 8} and len(used) >= 2, used
+        assert sum(used.values()) == after["graft_steps"] - before["graft_steps"]
+
+
 class TestGraftSynchronous(Lossless):
     """GRAFT serves with SGLang's overlap schedule by default (its CPU relay gather comes from
     the stand-in's platform); ``--disable-overlap-schedule`` gives the synchronous schedule,
@@ -206,7 +219,16 @@ class TestGraftPaper(Lossless):
     @pytest.fixture(scope="class")
     def server(self) -> Iterator[ServerProcess]:
         yield from serve(GRAFT, env={"SGLANG_GRAFT_MODE": "graft-paper",
-                                     "SGLANG_GRAFT_STAGE_LEVELS": "0,1,2"})
+                                     "SGLANG_GRAFT_STAGE_LEVELS": "0,1,2",
+                                     "SGLANG_GRAFT_COST_TABLE": "none"})
+
+    def test_whole_trees_without_costs(self, server: ServerProcess) -> None:
+        """``SGLANG_GRAFT_COST_TABLE=none``: every step verifies the whole tree (no width
+        counters, no plain steps)."""
+        answer(server, QUESTIONS[1], max_new_tokens=16)
+        state = graft_state(server)
+        assert state["graft_plain_steps"] == 0
+        assert not [k for k in state if k.startswith("graft_verify_width_")]
 
 
 class TestEagle3(Lossless):

@@ -29,8 +29,10 @@ from graft_sglang.server_process import CPU_LAUNCHER, GPU_LAUNCHER, ServerProces
 
 # GRAFT-SYNC: GRAFT on SGLang's synchronous schedule (--disable-overlap-schedule); every other
 # method runs the schedule SGLang gives it (on CPU SGLang turns overlap off for its own ones).
-METHODS = ("PLAIN", "EAGLE3", "NGRAM", "GRAFT", "GRAFT-SYNC")
-TREE_METHODS = ("EAGLE3", "GRAFT", "GRAFT-SYNC")
+# GRAFT-WHOLE: GRAFT without step costs (SGLANG_GRAFT_COST_TABLE=none): the whole tree, every
+# draft level, every step.
+METHODS = ("PLAIN", "EAGLE3", "NGRAM", "GRAFT", "GRAFT-WHOLE", "GRAFT-SYNC")
+TREE_METHODS = ("EAGLE3", "GRAFT", "GRAFT-WHOLE", "GRAFT-SYNC")
 DEFAULT_METHODS = ("PLAIN", "EAGLE3", "NGRAM", "GRAFT")
 # Counters of /server_info's internal state read around each run (summed over ranks: rank 0's).
 COUNTERS = ("spec_accept_tokens", "spec_verify_steps", "graft_accepted_draft_tokens",
@@ -105,7 +107,7 @@ def server_args(method: str, args: argparse.Namespace) -> list[str]:
         out += ["--speculative-algorithm", "NGRAM",
                 "--speculative-num-draft-tokens", str(args.draft_tokens)]
     elif method in TREE_METHODS:
-        out += ["--speculative-algorithm", method.removesuffix("-SYNC"),
+        out += ["--speculative-algorithm", method.split("-")[0],
                 "--speculative-num-steps", str(args.steps),
                 "--speculative-eagle-topk", str(args.topk),
                 "--speculative-num-draft-tokens", str(args.draft_tokens)]
@@ -117,10 +119,13 @@ def server_args(method: str, args: argparse.Namespace) -> list[str]:
 
 
 def server_env(method: str, args: argparse.Namespace) -> dict[str, str]:
-    """``--graft-env`` settings, for the GRAFT servers only."""
+    """``--graft-env`` settings, for the GRAFT servers only (GRAFT-WHOLE: no step costs)."""
     if not method.startswith("GRAFT"):
         return {}
-    return dict(item.split("=", 1) for item in args.graft_env)
+    env = dict(item.split("=", 1) for item in args.graft_env)
+    if method == "GRAFT-WHOLE":
+        env["SGLANG_GRAFT_COST_TABLE"] = "none"
+    return env
 
 
 def write_workload(name: str, path: Path) -> Path:

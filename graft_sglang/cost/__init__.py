@@ -13,10 +13,19 @@ from graft_sglang.cost.decision import (
     plan_draft,
     selection_order,
 )
-from graft_sglang.cost.model import CostModel, load_cost_model, load_or_measure, measure_costs
+from graft_sglang.cost.model import (
+    CostModel,
+    load_cached,
+    load_cost_model,
+    load_or_measure,
+    measure_costs,
+    save_cached,
+)
+from graft_sglang.cost.policy import CostPolicy
 
 __all__ = [
-    "CostModel", "DraftPlan", "ScoreCalibration", "VerifyChoice", "choose_verify_size",
-    "expected_tokens", "fit_isotonic", "load_cost_model", "load_or_measure", "measure_costs",
-    "plan_draft", "reach_probabilities", "selection_order",
+    "CostModel", "CostPolicy", "DraftPlan", "ScoreCalibration",
+    "VerifyChoice", "choose_verify_size", "expected_tokens", "fit_isotonic",
+    "load_cached", "load_cost_model", "load_or_measure", "measure_costs", "plan_draft",
+    "reach_probabilities", "save_cached", "selection_order",
 ]

@@ -101,6 +101,17 @@ def choose_verify_size(reach: torch.Tensor, cost: CostModel, sizes: Sequence[int
     return VerifyChoice(size, order, by_size[:, size - 1], step, rate)
 
 
+def trie_depths(parents: torch.Tensor) -> torch.Tensor:
+    """[bs, R] parent links of tries hanging below the root (``-1``: the root, else an earlier
+    slot) -> [bs, R] int64 depths, 1 = a root child. R small device ops, O(bs * R)."""
+    depth = torch.ones(parents.shape, dtype=torch.int64, device=parents.device)
+    for j in range(1, parents.shape[1]):
+        up = parents[:, j].clamp(0, j - 1)
+        depth[:, j] = torch.where(parents[:, j] >= 0, depth[:, :j].gather(
+            1, up[:, None])[:, 0] + 1, 1)
+    return depth
+
+
 def depth_mass(values: torch.Tensor, depth: torch.Tensor, valid: torch.Tensor, levels: int
                ) -> torch.Tensor:
     """Sum of ``values`` per tree depth: values, depth (1 = a root child), valid [bs, R] ->

@@ -24,6 +24,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import json
+import os
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -285,22 +286,39 @@ def measure_costs(
                      tuple(overhead), tuple(decode), source="measured", evidence=info)
 
 
-def load_or_measure(path: str | Path, key: Mapping, measure: Callable[[], CostModel]
-                    ) -> CostModel:
-    """The cached calibration at ``path`` if it was measured for ``key`` (machine, model,
-    dtype, threads, ...: JSON-serialisable), else ``measure()``, saved there with ``key``."""
+def load_cached(path: str | Path, key: Mapping) -> CostModel | None:
+    """The cost model cached at ``path`` if it was measured for ``key`` (machine, model,
+    dtype, threads, ...: JSON-serialisable), else None (no file, another key, a broken file)."""
     path = Path(path)
     key = json.loads(json.dumps(dict(key)))  # normalised: tuples become lists
-    if path.is_file():
-        try:
-            data = json.loads(path.read_text())
-            if data.get("evidence", {}).get("key") == key:
-                return CostModel.from_dict(data)
-        except (json.JSONDecodeError, ValueError, TypeError):
-            pass  # a stale or broken cache is measured again
-    model = measure()
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        if data.get("evidence", {}).get("key") == key:
+            return CostModel.from_dict(data)
+    except (json.JSONDecodeError, ValueError, TypeError):
+        pass  # a stale or broken cache is measured again
+    return None
+
+
+def save_cached(path: str | Path, key: Mapping, model: CostModel) -> CostModel:
+    """``model`` with ``key`` in its evidence, written to ``path`` atomically (a reader never
+    sees half a file); returns it."""
+    path = Path(path)
+    key = json.loads(json.dumps(dict(key)))
     model = CostModel(model.batch_sizes, model.tree_sizes, model.verify, model.draft_pass,
                       model.step_overhead, model.decode_seconds, model.source,
                       {**model.evidence, "key": key})
-    model.save(path)
+    partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    model.save(partial)
+    partial.replace(path)
     return model
+
+
+def load_or_measure(path: str | Path, key: Mapping, measure: Callable[[], CostModel]
+                    ) -> CostModel:
+    """The cached calibration at ``path`` if it was measured for ``key`` (``load_cached``),
+    else ``measure()``, saved there with ``key``."""
+    cached = load_cached(path, key)
+    return cached if cached is not None else save_cached(path, key, measure())

@@ -16,7 +16,9 @@ the arguments unchanged plus the CPU defaults below for flags the user did not g
 * no ``--model-path``: the embedded SmolLM2-135M-Instruct (converted once to safetensors), in
   float32 unless ``--dtype`` says otherwise;
   ``--speculative-algorithm`` EAGLE3 or GRAFT without ``--speculative-draft-model-path``: the
-  shipped EAGLE-3 head.
+  shipped EAGLE-3 head; GRAFT on the embedded model: the step costs measured for it on a
+  2-core CPU (``costs-embedded.json``, from ``python -m bench.cost_model``) as
+  ``SGLANG_GRAFT_COST_TABLE`` unless set (``none``: verify whole trees).
 
 Errors in the arguments (SGLang's or GRAFT's refusals) end the process with exit code 2 and
 the message, not a traceback.
@@ -31,6 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 STAND_IN_DIR = Path(__file__).resolve().parent / "stand_in"
+EMBEDDED_COSTS = Path(__file__).resolve().parent / "costs-embedded.json"
 HEAD_ALGORITHMS = ("EAGLE", "EAGLE3", "GRAFT")
 CPU_FLAGS: tuple[tuple[str, ...], ...] = (
     ("--device", "cpu"),
@@ -111,6 +114,9 @@ def server_env(argv: Sequence[str], env: dict[str, str], stand_in: bool) -> dict
     tp = int(flag_value(argv, "--tp-size") or flag_value(argv, "--tp") or 1)
     if tp > 1:
         env.setdefault("SGLANG_CPU_OMP_THREADS_BIND", omp_bind(tp, os.cpu_count() or 1))
+    graft = (flag_value(argv, "--speculative-algorithm") or "").upper() == "GRAFT"
+    if graft and flag_value(argv, "--model-path") is None:
+        env.setdefault("SGLANG_GRAFT_COST_TABLE", str(EMBEDDED_COSTS))
     if stand_in:
         paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
         env["PYTHONPATH"] = os.pathsep.join([str(STAND_IN_DIR), *paths])

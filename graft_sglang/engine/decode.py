@@ -4,6 +4,12 @@ target forward, commit the accepted path's KV.
 Every method of ``methods.METHODS`` runs through the same loop; ``autoregressive`` is the
 reference. Greedy verification uses ``verify_tree_greedy``; sampling (temperature > 0) uses
 ``verify_tree_target_only`` on the target's processed distribution, so both are lossless.
+
+A cost-aware method (its recipe's ``CostPolicy``) plans each step's draft depth before drafting
+(from the root's retrieved tries and the previous step's level-0 draft confidences; a plan of no
+draft and one node is a plain step) and verifies the best prefix of the built tree, with the
+engine's ``CostModel``: measure it with ``engine.cost_probe.engine_cost_model`` (cached per
+machine and model) or pass a table; the default is ``CostModel.analytic()``.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from graft_sglang.cost.model import CostModel
 from graft_sglang.engine.cached_lm import CachedLM
 from graft_sglang.engine.drafters.base import Drafter
 from graft_sglang.engine.methods import Method
@@ -22,6 +29,7 @@ from graft_sglang.retrieval.native import suffix_retriever
 from graft_sglang.step import GraftStep
 from graft_sglang.tree.builder import GraftTree, count_grafted
 from graft_sglang.tree.draft import DraftCandidates
+from graft_sglang.tree.subtree import root_only
 from graft_sglang.verify import target_probs, verify_tree_greedy, verify_tree_target_only
 
 
@@ -81,11 +89,15 @@ class SpeculativeEngine:
     """Runs any ``Method`` with a target model, an optional drafter and retrieval."""
 
     def __init__(self, target: torch.nn.Module, drafter: Drafter | None = None,
-                 shared_retriever: PackedRetrievalSource | None = None) -> None:
+                 shared_retriever: PackedRetrievalSource | None = None,
+                 cost: CostModel | None = None) -> None:
         """``shared_retriever``: one suffix retriever for every request, so finished requests
         feed its shared corpus (pass a fresh one per method when comparing methods, or a
         method would retrieve another method's output). ``None``: a fresh retriever per
-        request (``native.suffix_retriever``), which sees only that request's own text."""
+        request (``native.suffix_retriever``), which sees only that request's own text.
+        ``cost``: the step costs cost-aware methods decide by (default
+        ``CostModel.analytic()``)."""
+        self.cost = CostModel.analytic() if cost is None else cost
         self.target_model = target
         self.drafter = drafter
         self.vocab_size = int(target.config.vocab_size)
@@ -152,7 +164,7 @@ class SpeculativeEngine:
         suffix = None
         if recipe.uses_suffix:
             suffix = self.shared_retriever or suffix_retriever()
-        return GraftStep.for_recipe(recipe, suffix, vocab_size=self.vocab_size)
+        return GraftStep.for_recipe(recipe, suffix, vocab_size=self.vocab_size, cost=self.cost)
 
     def _speculative(self, prompt: list[int], method: Method, sampling: Sampling) -> Generation:
         drafter = self.drafter if method.draft else None
@@ -178,11 +190,12 @@ class SpeculativeEngine:
         step.start(rid, prompt)
         gen.seconds["prefill"] = time.perf_counter() - t0
         root = prompt[-1]
+        level0: list[torch.Tensor] = []  # the last draft's level-0 confidences (a prior)
         try:
             while True:
                 before = dict(gen.seconds)
                 tree, window = self._step_tree(gen, method, step, drafter, rid, root,
-                                               lm.cached_len)
+                                               lm.cached_len, level0)
                 t0 = time.perf_counter()
                 logits, feats = lm.forward(tree.tokens[0], tree.layout.positions[0],
                                            new_visible=tree.layout.ancestors[0])
@@ -225,29 +238,49 @@ class SpeculativeEngine:
 
     def _step_tree(
         self, gen: Generation, method: Method, step: GraftStep, drafter: Drafter | None,
-        rid: str, root: int, seq_len: int,
+        rid: str, root: int, seq_len: int, level0: list[torch.Tensor] | None = None,
     ) -> tuple[GraftTree, int]:
-        """Draft, retrieve and build this step's tree; returns it and its verified width."""
+        """Plan, draft, retrieve, build and size this step's tree; returns it and its verified
+        width. ``level0`` holds the last draft's level-0 confidences [1, K] (updated here),
+        the planner's prior for this step's (the engine drafts level 0 with a pass)."""
         rule = method.recipe.stop
+        roots, lens = torch.tensor([root]), torch.tensor([seq_len])
         t0 = time.perf_counter()
+        level0 = [] if level0 is None else level0
+        root_tries, depth = None, method.depth
+        if drafter is not None and level0 and method.recipe.cost.plans_draft:
+            root_tries = step.retrieve_root([rid], roots)
+            plan = step.plan(level0[0], root_tries, method.depth, level0_passes=1)
+            if plan is not None:
+                depth = plan.levels
+                if depth == 0 and plan.size == 1:  # a plain step
+                    gen.seconds["retrieve"] += time.perf_counter() - t0
+                    return root_only(roots, lens), 1
+        t1 = time.perf_counter()
         quotas = None
-        if drafter is not None:
+        passes = 0
+        if drafter is not None and depth > 0:
             before = getattr(drafter, "forward_count", 0)
-            draft = drafter.propose(root, method.topk, method.depth,
+            draft = drafter.propose(root, method.topk, depth,
                                     rule.for_one_request() if rule.active else None)
-            gen.draft_forwards += getattr(drafter, "forward_count", 0) - before
+            passes = getattr(drafter, "forward_count", 0) - before
+            gen.draft_forwards += passes
             quotas = step.draft_quotas(draft, method.topk)  # the checkpoint each stopped at
+            first = draft.parents < 0
+            if bool(first.any()):
+                level0[:] = [draft.scores[first].view(1, -1)]
         else:
             draft = DraftCandidates.empty(1)
-        t1 = time.perf_counter()
-        roots, lens = torch.tensor([root]), torch.tensor([seq_len])
-        retrieved = step.retrieve([rid], roots, draft, quotas)  # sources compete for the budget
         t2 = time.perf_counter()
+        # sources compete for the budget
+        retrieved = step.retrieve([rid], roots, draft, quotas, root=root_tries)
+        t3 = time.perf_counter()
         tree, _ = step.tree(roots, lens, draft, retrieved, quotas)
+        tree, _ = step.size(tree, passes)
         if method.trim:
             tree = tree.truncated(int(tree.num_real[0]))
-        t3 = time.perf_counter()
-        gen.seconds["draft"] += t1 - t0
-        gen.seconds["retrieve"] += t2 - t1
-        gen.seconds["build"] += t3 - t2
+        t4 = time.perf_counter()
+        gen.seconds["draft"] += t2 - t1
+        gen.seconds["retrieve"] += t1 - t0 + t3 - t2
+        gen.seconds["build"] += t4 - t3
         return tree, tree.budget

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from graft_sglang.cost.policy import CostPolicy
 from graft_sglang.recipe import BASELINES, PAPER_MODES, Recipe, make_recipe
 from graft_sglang.stages import StagePolicy
 
@@ -47,6 +48,7 @@ def make_method(
     name: str, budget: int = 32, topk: int = 4, depth: int = 6, threshold: float = 0.1,
     vocab_size: int | None = None, retrieval: str | None = None, draft_anchors: int = 1,
     stages: StagePolicy | None = None, early_stop: bool = True, fixed_width: bool = False,
+    cost: CostPolicy | None = None,
 ) -> Method:
     """Method ``name`` for trees of ``budget`` nodes (root included).
 
@@ -56,7 +58,8 @@ def make_method(
     retrieval below the root. ``graft``: pruned below ``threshold``, freed slots grafted with
     retrieved continuations below the root and the ``draft_anchors`` best kept draft leaves.
     The paper modes: ``recipe.make_recipe``. ``retrieval``: the source(s) (default the mode's
-    own); ``stages``: the checkpoints (``recipe.make_recipe``).
+    own); ``stages``: the checkpoints; ``cost``: the cost-aware decisions (default off;
+    ``recipe.make_recipe``).
 
     ``fixed_width``: verify all ``budget`` nodes, filler included (SGLang's fixed width for CUDA
     graphs); by default the engine verifies only the real nodes, since a CPU forward's cost grows
@@ -73,7 +76,7 @@ def make_method(
         return Method(name)
     recipe = make_recipe(name, budget, threshold=threshold, retrieval=retrieval,
                          draft_anchors=draft_anchors, stages=stages, early_stop=early_stop,
-                         vocab_size=vocab_size)
+                         vocab_size=vocab_size, cost=cost)
     trim = not fixed_width or name == "pruned"
     if name == "chain":
         return Method(name, True, 1, budget - 1, recipe, trim)

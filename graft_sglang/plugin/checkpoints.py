@@ -6,7 +6,7 @@ after level ``i`` is selected it records the level's candidates and, when every 
 batch has stopped (a graft-paper checkpoint fired for it, or in graft mode its best path fell
 below the pruning threshold, which would prune everything deeper), raises ``StopDrafting``.
 ``GraftDraftWorker`` catches it and returns the candidates drafted so far: the remaining draft
-forward passes are never run.
+forward passes are never run. A cost-aware step's planned depth stops the loop the same way.
 
 The decision reads one boolean per checked level on the host (the batch's control flow depends
 on it). Every TP rank must take it alike, since each draft forward it skips is a collective: the
@@ -47,12 +47,16 @@ class CheckpointedSelect:
     stopped (the recipe's ``StopRule``, the engine's too). One instance per draft loop
     (``lists`` are its score / token / parent lists). ``decide``: [bs] bool (which requests
     stopped) -> whether the loop stops; every TP rank must return the same answer (default: all
-    of them stopped)."""
+    of them stopped). ``levels``: a planned depth (the cost-aware draft plan): the loop stops
+    after that many levels whatever the rule says, with no host read (None: the rule alone)."""
 
     def __init__(self, select: SelectTopK, num_steps: int, rule: StopRule,
                  decide: Callable[[torch.Tensor], bool] = lambda stopped: bool(stopped.all()),
-                 ) -> None:
+                 levels: int | None = None) -> None:
+        if levels is not None and levels < 1:
+            raise ValueError(f"a draft loop selects at least level 0, got levels={levels}")
         self.select = select
+        self.levels = levels
         self.decide = decide
         self.num_steps = num_steps
         self.rule = rule
@@ -66,6 +70,8 @@ class CheckpointedSelect:
         tree_info = out[3]
         for target, value in zip(self.lists, tree_info, strict=True):
             target.append(value)
+        if self.levels is not None and i + 1 >= self.levels and i < self.num_steps - 1:
+            raise StopDrafting(i)  # the planned depth: the passes below it are not run
         if not self.rule.worth_checking(i, self.num_steps):  # a host read saves nothing
             return out
         best = tree_info[0].flatten(1).amax(dim=1)  # [bs] the level's best path confidence

@@ -16,12 +16,16 @@ INTERNAL_STATE = ("sglang.srt.managers.scheduler_components.internal_state."
 def graft_metrics(graft: Any) -> dict[str, float | int]:
     """The counters of a worker's ``GraftState``: accepted tokens (bonus excluded) by the source
     of their tree node, the grafted share of them, and how many draft loops stopped early
-    (``graft_draft_stops_after_level_<i>``: passes after level ``i`` skipped)."""
+    (``graft_draft_stops_after_level_<i>``: passes after level ``i`` skipped), and the steps a
+    cost-aware plan made plain (``graft_plain_steps``) and verified at each width
+    (``graft_verify_width_<n>_steps``)."""
     return {
         "graft_steps": graft.steps,
         "graft_accepted_draft_tokens": graft.accepted_draft,
         "graft_accepted_grafted_tokens": graft.accepted_grafted,
         "graft_grafted_share": graft.grafted_share,
+        "graft_plain_steps": graft.plain_steps,
+        **{f"graft_verify_width_{n}_steps": count for n, count in sorted(graft.widths.items())},
         **{f"graft_draft_stops_after_level_{level}": count
            for level, count in sorted(graft.stops.items())},
     }

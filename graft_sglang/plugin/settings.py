@@ -15,9 +15,12 @@ import functools
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from graft_sglang.calibration import DEFAULT_THRESHOLD, Calibration, load_calibration
+from graft_sglang.cost.model import CostModel, load_cost_model
+from graft_sglang.cost.policy import CostPolicy
 from graft_sglang.recipe import MODES, OWN_SOURCE, RETRIEVAL_SOURCES, Recipe, make_recipe
 from graft_sglang.retrieval.suffix import SuffixConfig
 from graft_sglang.stages import StagePolicy
@@ -104,6 +107,10 @@ def _is_bool(optional: bool = False) -> Callable[[Any], bool]:
     return lambda v: isinstance(v, bool) or (optional and v is None)
 
 
+def _file_or_none(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and Path(value).expanduser().is_file())
+
+
 @dataclass(frozen=True)
 class GraftSettings:
     """Everything Graft needs besides SGLang's own ``--speculative-*`` arguments (``N``: the
@@ -168,6 +175,13 @@ class GraftSettings:
     log_interval: int = setting(
         200, int, ">= 1", _at_least(1),
         "verify steps between the per-source acceptance log lines (every TP rank logs its own)")
+    cost_table: str | None = setting(
+        None, _optional(str), "a JSON file, or none", _file_or_none,
+        "step costs relative to a decode step (`CostModel` JSON, as `python -m bench.cost_model` "
+        "writes): each step then drafts the levels and verifies the prefix of its tree that "
+        "maximise expected tokens per unit of time, a plain step where nothing pays (`none`: "
+        "the whole tree every step)",
+        default_doc="`none` (the CPU launcher: its table for the embedded model)")
 
     def __post_init__(self) -> None:
         for f in declared_fields(type(self)):
@@ -239,7 +253,19 @@ class GraftSettings:
                            retrieval_weight=self.retrieval_weight, retrieval=self.retrieval,
                            root_nodes=self.root_nodes, draft_anchors=self.draft_anchors,
                            anchor_nodes=self.anchor_nodes, stages=self.stage_policy(),
-                           successor_k=self.successor_k, vocab_size=vocab_size)
+                           successor_k=self.successor_k, vocab_size=vocab_size,
+                           cost=CostPolicy() if self.cost_table else None)
+
+    def cost_model(self) -> CostModel | None:
+        """The step costs of ``cost_table`` (None without one). Raises ValueError naming the
+        setting for a file that is not a cost table."""
+        if self.cost_table is None:
+            return None
+        try:
+            return load_cost_model(Path(self.cost_table).expanduser())
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"SGLANG_GRAFT_COST_TABLE={self.cost_table} is not a cost table "
+                             f"(graft_sglang.cost.model.CostModel JSON): {e}") from e
 
     def suffix_config(self) -> SuffixConfig:
         return SuffixConfig(shared_capacity=self.shared_capacity,

@@ -21,6 +21,12 @@ from graft_sglang.step import GraftStep
 from graft_sglang.tree.builder import GraftTree
 from graft_sglang.tree.draft import DraftCandidates, eagle_candidate_parents
 from graft_sglang.tree.layout import TreeMaskMode, tree_mask
+from graft_sglang.tree.retrieved import RetrievedCandidates
+from graft_sglang.tree.subtree import root_only
+
+SetWidth = Callable[[int], None]
+"""Switches the worker to verify ``n`` nodes per request (verify and draft extend) before a
+verify input of that width is used."""
 
 
 @dataclass
@@ -109,15 +115,39 @@ def step_tree(
     step: GraftStep, rids: Sequence[str], roots: torch.Tensor, seq_lens: torch.Tensor,
     parent_list: torch.Tensor, scores: torch.Tensor, tokens: torch.Tensor, topk: int, *,
     mask_mode: TreeMaskMode | int | None = None, mask_out: torch.Tensor | None = None,
-    seq_lens_sum: int | None = None,
+    seq_lens_sum: int | None = None, root: RetrievedCandidates | None = None,
 ) -> tuple[GraftTree, torch.Tensor | None]:
     """One step's Graft trees from the draft loop's output (``all_candidates``): roots [bs],
-    seq_lens [bs]; each request's draft quota is its checkpoint stage's split (graft-paper).
+    seq_lens [bs]; each request's draft quota is its checkpoint stage's split (graft-paper);
+    ``root``: the tries retrieved at the root before drafting (``GraftStep.retrieve_root``).
     Returns (tree, mask) as ``GraftStep.build`` (the mask in ``mask_mode``'s layout, written
     into ``mask_out`` when given)."""
     draft = draft_candidates(parent_list, scores, tokens, topk)
     return step.build(rids, roots, seq_lens, draft, step.draft_quotas(draft, topk),
-                      mask_mode=mask_mode, mask_out=mask_out, seq_lens_sum=seq_lens_sum)
+                      mask_mode=mask_mode, mask_out=mask_out, seq_lens_sum=seq_lens_sum,
+                      root=root)
+
+
+def _mask_target(target_worker: Any, tree_mask_mode: TreeMaskMode | int, bs: int
+                 ) -> tuple[TreeMaskMode | int, torch.Tensor | None]:
+    """The target backend's mask layout and its preallocated buffer (None: it has none, or
+    the batch does not fit it)."""
+    verify_mask = target_worker.model_runner.attn_backend.verify_mask
+    mode = tree_mask_mode if verify_mask is None else verify_mask.mode
+    buffer = verify_mask.buffer if verify_mask is not None and verify_mask.fits(bs) else None
+    return mode, buffer
+
+
+def plain_verify_input(batch: Any, draft_input: Any, *, target_worker: Any, topk: int,
+                       num_steps: int, tree_mask_mode: TreeMaskMode | int,
+                       set_width: SetWidth) -> GraftVerifyInput:
+    """A plain step through the verify path (no draft, no build): each request's root alone,
+    width 1, as SGLang's own ``_build_trivial_verify_input``."""
+    set_width(1)
+    tree = root_only(draft_input.bonus_tokens, batch.seq_lens)
+    mode, buffer = _mask_target(target_worker, tree_mask_mode, tree.batch_size)
+    return build_verify_input(tree, batch.seq_lens, mode, topk=topk, num_steps=num_steps,
+                              mask_buffer=buffer)
 
 
 def build_graft_verify_input(
@@ -126,27 +156,38 @@ def build_graft_verify_input(
     num_steps: int, num_draft_tokens: int, tree_mask_mode: TreeMaskMode | int, device: str,
     step: GraftStep, rids: Sequence[str],
     broadcast: Callable[[torch.Tensor], object] | None = None,
+    root: RetrievedCandidates | None = None, set_width: SetWidth | None = None,
 ) -> EagleVerifyInput:
     """Drop-in for SGLang's ``build_eagle_verify_input`` (same positional arguments), with the
     draft loop's (parent_list, scores, tokens) in place of (parent_list, top_scores_index,
     draft_tokens). The build writes the mask straight into the backend's verify-mask buffer
     when the batch fits it (as SGLang's own build does), else into a fresh tensor.
     ``broadcast`` (TP safety switch) replaces the tree by TP rank 0's, whose mask is then
-    computed from its layout."""
+    computed from its layout. ``root``: the tries retrieved at the root before drafting.
+
+    A cost-aware step (the recipe's ``CostPolicy`` with ``set_width``) verifies the prefix
+    ``GraftStep.size`` chooses (after the broadcast, so every rank chooses alike), switching
+    the worker to that width first; its mask is computed from the prefix's layout."""
     if batch.forward_mode.is_idle():
         return EagleVerifyInput.create_idle_input(topk, num_steps, num_draft_tokens, device)
-    verify_mask = target_worker.model_runner.attn_backend.verify_mask
-    mode = tree_mask_mode if verify_mask is None else verify_mask.mode
     bs = batch.seq_lens.shape[0]
-    buffer = verify_mask.buffer if verify_mask is not None and verify_mask.fits(bs) else None
-    if broadcast is not None:
+    sized = set_width is not None and step.recipe.cost.sizes_verified
+    if broadcast is not None or sized:
         tree, _ = step_tree(step, rids, draft_input.bonus_tokens, batch.seq_lens, parent_list,
-                            scores, tokens, topk)
-        return build_verify_input(broadcast_tree(tree, broadcast), batch.seq_lens, mode,
-                                  topk=topk, num_steps=num_steps, mask_buffer=buffer)
+                            scores, tokens, topk, root=root)
+        if broadcast is not None:
+            tree = broadcast_tree(tree, broadcast)
+        if sized:
+            passes = drafted_levels(tokens.shape[1], topk) - 1  # level 0 came with the input
+            tree, _ = step.size(tree, passes)
+            set_width(tree.budget)
+        mode, buffer = _mask_target(target_worker, tree_mask_mode, bs)  # the width's backend
+        return build_verify_input(tree, batch.seq_lens, mode, topk=topk, num_steps=num_steps,
+                                  mask_buffer=buffer)
+    mode, buffer = _mask_target(target_worker, tree_mask_mode, bs)
     tree, mask = step_tree(step, rids, draft_input.bonus_tokens, batch.seq_lens, parent_list,
                            scores, tokens, topk, mask_mode=mode, mask_out=buffer,
-                           seq_lens_sum=getattr(batch, "seq_lens_sum", None))
+                           seq_lens_sum=getattr(batch, "seq_lens_sum", None), root=root)
     if buffer is None and TreeMaskMode(mode) != TreeMaskMode.QLEN_ONLY_BITPACKING:
         mask = mask.view(torch.bool)  # the build's 0/1 bytes, as SGLang's bool masks
     return build_verify_input(tree, batch.seq_lens, mode, topk=topk, num_steps=num_steps,

@@ -31,6 +31,7 @@ than mid-request.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import inspect
 import itertools
@@ -40,9 +41,11 @@ from typing import Any
 
 import torch
 from sglang.srt.speculative import eagle_worker_v2
+from sglang.srt.speculative.adaptive_runtime_state import SpecRuntimeState
 from sglang.srt.speculative.base_spec_worker import BaseSpecWorker
 from sglang.srt.speculative.eagle_worker_v2 import EagleDraftWorker, EAGLEWorkerV2
 
+from graft_sglang.cost.decision import DraftPlan
 from graft_sglang.plugin.accept_counter import AcceptCounter
 from graft_sglang.plugin.algo import check_attention_backends
 from graft_sglang.plugin.checkpoints import CheckpointedSelect, StopDrafting, capturing
@@ -51,9 +54,15 @@ from graft_sglang.plugin.registration import TESTED_SGLANG
 from graft_sglang.plugin.request_sync import RequestSync
 from graft_sglang.plugin.settings import GraftSettings, server_settings
 from graft_sglang.plugin.tp import Broadcast, agree_settings, broadcast_flag
-from graft_sglang.plugin.verify_input import GraftVerifyInput, build_graft_verify_input
+from graft_sglang.plugin.verify_input import (
+    GraftVerifyInput,
+    SetWidth,
+    build_graft_verify_input,
+    plain_verify_input,
+)
 from graft_sglang.retrieval.native import suffix_retriever
 from graft_sglang.step import GraftStep
+from graft_sglang.tree.retrieved import RetrievedCandidates
 
 logger = logging.getLogger(__name__)
 
@@ -95,12 +104,12 @@ class GraftDraftWorker(EagleDraftWorker):
     def draft_forward(self, forward_batch: Any) -> Any:
         with substituted(eagle_worker_v2, organize_draft_results=all_candidates):
             state = self.graft
-            if (not state.rule.active or capturing()
+            if ((not state.rule.active and state.planned_levels is None) or capturing()
                     or forward_batch.forward_mode.is_idle()):
                 return super().draft_forward(forward_batch)
             select = CheckpointedSelect(eagle_worker_v2.select_top_k_tokens,
                                         self.speculative_num_steps, state.rule,
-                                        state.all_stopped)
+                                        state.all_stopped, levels=state.planned_levels)
             try:
                 with substituted(eagle_worker_v2, select_top_k_tokens=select):
                     return super().draft_forward(forward_batch)
@@ -113,9 +122,20 @@ class GraftDraftWorker(EagleDraftWorker):
     def draft(self, batch: Any, *, with_topology: bool = False) -> Any:
         if with_topology:  # only pipeline parallelism asks; refused at start-up
             raise NotImplementedError("GRAFT does not support pipeline parallelism")
-        rids = self.graft.sync(batch.reqs)
-        build = functools.partial(build_graft_verify_input, step=self.graft.step, rids=rids,
-                                  broadcast=self.graft.broadcast)
+        state = self.graft
+        rids = state.sync(batch.reqs)
+        plan, root = state.plan(rids, batch, self.speculative_num_steps)
+        state.planned_levels = None if plan is None else max(1, plan.levels)
+        if plan is not None and plan.levels == 0 and plan.size == 1:
+            state.plain_steps += 1
+            state.last_input = plain_verify_input(
+                batch, batch.spec_info, target_worker=self.target_worker, topk=self.topk,
+                num_steps=self.speculative_num_steps, tree_mask_mode=self.tree_mask_mode,
+                set_width=state.set_width)
+            return state.last_input
+        build = functools.partial(build_graft_verify_input, step=state.step, rids=rids,
+                                  broadcast=state.broadcast, root=root,
+                                  set_width=state.set_width)
         # A batch that stops at level 0 needs no draft pass and no graph (an idle batch keeps
         # SGLang's path: its passes are collectives the other ranks wait for).
         graph_off = (self.cuda_graph_runner is not None and not batch.forward_mode.is_idle()
@@ -125,8 +145,7 @@ class GraftDraftWorker(EagleDraftWorker):
             if graph_off:
                 stack.enter_context(substituted(self, cuda_graph_runner=None))
             verify_input = super().draft(batch)
-        self.graft.last_input = verify_input if isinstance(verify_input,
-                                                           GraftVerifyInput) else None
+        state.last_input = verify_input if isinstance(verify_input, GraftVerifyInput) else None
         return verify_input
 
 
@@ -140,6 +159,8 @@ class GraftState:
         decisions on every rank (None: each rank decides from its own, identical, inputs).
     radix_cache: whether the server keeps a radix cache (``--disable-radix-cache``: no feed,
         finished requests' text reaches the shared corpus directly).
+    set_width:  switches the worker's verify width (``GraftWorker`` sets it when the settings
+        give step costs); None: every step verifies the whole tree.
     """
 
     def __init__(self, settings: GraftSettings, budget: int, vocab_size: int | None,
@@ -153,7 +174,12 @@ class GraftState:
                           if self.recipe.uses_suffix else None)
         # No per-step value checks in a server: each would be a host read.
         self.step = GraftStep.for_recipe(self.recipe, self.retriever, vocab_size=vocab_size,
-                                         device=device, check_inputs=False)
+                                         device=device, check_inputs=False,
+                                         cost=settings.cost_model())
+        self.set_width: SetWidth | None = None
+        self.planned_levels: int | None = None  # the current step's planned draft depth
+        self.plain_steps = 0  # steps the cost-aware plan made plain (no draft, the root alone)
+        self.widths: dict[int, int] = {}  # verify width -> cost-aware steps verified at it
         feed = settings.radix_feed and radix_cache and self.retriever is not None
         self.radix_feed = RadixFeed(self.retriever, vocab_size=vocab_size) if feed else None
         self.broadcast = broadcast
@@ -178,6 +204,33 @@ class GraftState:
         _, stopped = self.rule.after_level(torch.full_like(best, -1, dtype=torch.int64), 0,
                                            best)
         return self.all_stopped(stopped)
+
+    def counted(self, set_width: SetWidth) -> SetWidth:
+        """``set_width`` that also counts the steps verified at each width (``widths``)."""
+        def counting(n: int) -> None:
+            self.widths[n] = self.widths.get(n, 0) + 1
+            set_width(n)
+        return counting
+
+    def plan(self, rids: list[str], batch: Any, num_steps: int
+             ) -> tuple[DraftPlan | None, RetrievedCandidates | None]:
+        """The cost-aware draft plan of this step (``GraftStep.plan`` from the draft input's
+        level-0 confidences and the tries retrieved at the root) and those tries, or (None,
+        None) where the step is not cost-aware. With ``broadcast``, rank 0's plan (its levels
+        and size, one small broadcast); without, every rank plans from identical inputs."""
+        draft_input = batch.spec_info
+        topk_p = getattr(draft_input, "topk_p", None)
+        if (self.set_width is None or self.step.cost is None or topk_p is None
+                or batch.forward_mode.is_idle()):
+            return None, None
+        root = self.step.retrieve_root(rids, draft_input.bonus_tokens)
+        plan = self.step.plan(topk_p, root, num_steps, level0_passes=0)
+        if plan is not None and self.broadcast is not None:
+            agreed = torch.tensor([plan.levels, plan.size], device=topk_p.device)
+            self.broadcast(agreed)
+            levels, size = agreed.tolist()
+            plan = dataclasses.replace(plan, levels=levels, size=size)
+        return plan, root
 
     def sync(self, reqs: Any) -> list[str]:
         """Before a draft: every request's retrieval state holds its committed tokens, also
@@ -271,12 +324,65 @@ class GraftWorker(EAGLEWorkerV2):
         broadcast = (functools.partial(group.broadcast, src=0)
                      if settings.tp_broadcast and group.world_size > 1 else None)
         vocab = getattr(target_worker.model_runner.model_config, "vocab_size", None)
+        self._widths: dict[int, SpecRuntimeState] = {}
         self.graft = GraftState(settings, self.speculative_num_draft_tokens, vocab, self.device,
                                 broadcast, radix_cache=not server_args.disable_radix_cache)
+        if self.graft.step.cost is not None:
+            self.graft.set_width = self.graft.counted(self.set_verify_width)
         if self._draft_worker is not None:
             self._draft_worker.graft = self.graft
         if self.graft.radix_feed is not None:
             self.graft.radix_feed.activate()
+
+    def init_cuda_graphs(self) -> None:
+        """SGLang's, then (cost-aware) one runtime state per verify width, built by SGLang's
+        adaptive-speculation protocol (``build_adaptive_runtime_state``: the target's and the
+        draft extend's attention backends sized for that width). Cost-aware widths next to
+        captured graphs are refused (ValueError naming the setting and the flag): per-width
+        graphs are not tested yet."""
+        super().init_cuda_graphs()
+        if self.graft.set_width is None:
+            return
+        graphs = (getattr(self._target_worker.model_runner, "decode_cuda_graph_runner", None),
+                  getattr(self._draft_worker, "cuda_graph_runner", None))
+        if any(g is not None for g in graphs):
+            raise ValueError("SGLANG_GRAFT_COST_TABLE (cost-aware verify widths) needs "
+                             "--disable-cuda-graph: verify graphs of every width are not "
+                             "captured yet; unset SGLANG_GRAFT_COST_TABLE to keep the graphs")
+        full = self.speculative_num_draft_tokens
+        self._widths = {full: self._current_width_state()}
+        for n in self.graft.recipe.cost.sizes(full):
+            if n != full:
+                self._widths[n] = self.build_adaptive_runtime_state(self.speculative_num_steps, n)
+
+    def _current_width_state(self) -> SpecRuntimeState:
+        dw = self._draft_worker
+        return SpecRuntimeState(
+            speculative_num_steps=self.speculative_num_steps,
+            speculative_num_draft_tokens=self.speculative_num_draft_tokens,
+            draft_attn_backend=dw.draft_attn_backend, cuda_graph_runner=dw.cuda_graph_runner,
+            target_attn_backend=self._target_worker.model_runner.attn_backend,
+            target_graph_runner=self._target_worker.model_runner.decode_cuda_graph_runner,
+            draft_extend_attn_backend=dw.draft_extend_attn_backend,
+            cuda_graph_runner_for_draft_extend=dw.cuda_graph_runner_for_draft_extend)
+
+    def set_verify_width(self, n: int) -> None:
+        """Verify (and draft-extend) ``n`` nodes per request from now on: the width's runtime
+        state (what SGLang's ``apply_runtime_state`` switches for the verify and the draft
+        extend; the draft loop's own state does not depend on the width, and the loop of this
+        step has run). The KV pool was sized for the largest width, N."""
+        if n == self.speculative_num_draft_tokens:
+            return
+        state = self._widths[n]
+        dw = self._draft_worker
+        self.speculative_num_draft_tokens = dw.speculative_num_draft_tokens = n
+        dw.draft_extend_attn_backend = state.draft_extend_attn_backend
+        if state.draft_extend_attn_backend is not None:
+            dw.draft_runner.attn_backend = state.draft_extend_attn_backend
+        dw.cuda_graph_runner_for_draft_extend = state.cuda_graph_runner_for_draft_extend
+        runner = self._target_worker.model_runner
+        runner.attn_backend = state.target_attn_backend
+        runner.decode_cuda_graph_runner = state.target_graph_runner
 
     def init_attention_backends(self) -> None:
         """SGLang's, then the check of the target's resolved attention backend (which SGLang

@@ -1,4 +1,5 @@
-"""Sub-trees of a built tree: the first ``n`` nodes of a selection order, verified alone.
+"""Sub-trees of a built tree: the first ``n`` nodes of a selection order, verified alone, and
+the one-node tree of a plain step.
 
 A selection order that ranks every node after its ancestors (e.g. by reach probability, which
 never grows along a path, ties by index) makes each of its prefixes ancestor-closed, so a
@@ -41,4 +42,16 @@ def keep_prefix(tree: GraftTree, order: torch.Tensor, n: int, check: bool = True
     seq_lens = tree.layout.positions[:, 0]
     return GraftTree(torch.gather(tree.tokens, 1, idx), parents,
                      torch.gather(tree.scores, 1, idx), torch.gather(tree.source, 1, idx),
+                     tree_layout(parents, seq_lens))
+
+
+def root_only(roots: torch.Tensor, seq_lens: torch.Tensor) -> GraftTree:
+    """One-node trees: each request's root alone (roots, seq_lens [bs]), i.e. a plain decode
+    step through the verify path."""
+    bs = roots.shape[0]
+    device = roots.device
+    parents = torch.full((bs, 1), -1, dtype=torch.int64, device=device)
+    return GraftTree(roots.to(torch.int64).view(bs, 1), parents,
+                     torch.ones(bs, 1, device=device),
+                     torch.zeros(bs, 1, dtype=torch.int64, device=device),
                      tree_layout(parents, seq_lens))
