@@ -123,3 +123,31 @@ def test_graft_whole_is_graft_without_step_costs() -> None:
     assert whole == server_args("GRAFT", args)
     assert server_env("GRAFT-WHOLE", args) == {"SGLANG_GRAFT_COST_TABLE": "none"}
     assert server_env("GRAFT", args) == {}
+
+
+def test_cost_aware_cells_compare_graft_with_the_best_other_method() -> None:
+    from bench.cost_aware import cells
+
+    rows = [{"workload": "mtbench", "concurrency": 1, "method": m, "tokens_per_s": t}
+            for m, t in (("PLAIN", 10.0), ("EAGLE3", 12.0), ("NGRAM", 8.0), ("GRAFT", 15.0),
+                         ("GRAFT-WHOLE", 9.0))]
+    rows.append({"workload": "longctx", "concurrency": 4, "method": "PLAIN", "tokens_per_s": 1.0})
+    (cell,) = cells(rows)  # the longctx cell has no GRAFT row
+    assert cell["best_other"] == "EAGLE3"
+    assert cell["graft_vs_best"] == 15.0 / 12.0 and cell["graft_vs_plain"] == 1.5
+    assert cell["graft_whole_vs_best"] == 9.0 / 12.0
+
+
+def test_a_starved_kv_pool_is_refused_before_measuring() -> None:
+    from bench.serving.run import MIN_KV_TOKENS, check_kv_pool
+
+    class Server:
+        def __init__(self, tokens: int) -> None:
+            self.tokens = tokens
+
+        def server_info(self) -> dict:
+            return {"max_total_num_tokens": self.tokens}
+
+    check_kv_pool(Server(MIN_KV_TOKENS), "GRAFT")
+    with pytest.raises(RuntimeError, match="GRAFT server got a KV pool of 37 tokens"):
+        check_kv_pool(Server(37), "GRAFT")

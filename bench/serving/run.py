@@ -34,6 +34,8 @@ from graft_sglang.server_process import CPU_LAUNCHER, GPU_LAUNCHER, ServerProces
 METHODS = ("PLAIN", "EAGLE3", "NGRAM", "GRAFT", "GRAFT-WHOLE", "GRAFT-SYNC")
 TREE_METHODS = ("EAGLE3", "GRAFT", "GRAFT-WHOLE", "GRAFT-SYNC")
 DEFAULT_METHODS = ("PLAIN", "EAGLE3", "NGRAM", "GRAFT")
+# The smallest KV pool a measured server may have: the longest workload prompt and its output.
+MIN_KV_TOKENS = 4096
 # Counters of /server_info's internal state read around each run (summed over ranks: rank 0's).
 COUNTERS = ("spec_accept_tokens", "spec_verify_steps", "graft_accepted_draft_tokens",
             "graft_accepted_grafted_tokens")
@@ -291,9 +293,21 @@ def plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def check_kv_pool(server: ServerProcess, method: str) -> None:
+    """Refuse to measure a server whose KV pool cannot hold one request of the workload:
+    SGLang sizes the pool from the memory free while it starts, so too many servers starting
+    side by side on a small machine leave the last ones a few tokens (their requests fail)."""
+    tokens = int(server.server_info().get("max_total_num_tokens") or 0)
+    if 0 < tokens < MIN_KV_TOKENS:
+        raise RuntimeError(f"the {method} server got a KV pool of {tokens} tokens (< "
+                           f"{MIN_KV_TOKENS}): too little memory was free while the servers "
+                           f"started side by side; run fewer --methods at once")
+
+
 def run(args: argparse.Namespace, log=print) -> list[Run]:
-    """Per concurrency: every method's fresh server starts side by side (an idle server sleeps,
-    so the others' measurements are not disturbed), then each is measured alone and ended."""
+    """Per concurrency: every method's fresh server starts side by side, and once all are up
+    (an idle server sleeps, so it does not disturb the others' measurements) each is measured
+    alone and ended."""
     data = {w: write_workload(w, args.out / "data" / f"{w}.jsonl") for w in args.workloads}
     runs: list[Run] = []
     for concurrency in args.concurrency:
@@ -311,10 +325,14 @@ def run(args: argparse.Namespace, log=print) -> list[Run]:
         try:
             for server in servers.values():
                 server.spawn()
+            # Every server is up before the first is measured: one still starting would take
+            # the cores from the measured one.
             for method, server in servers.items():
                 server.wait_ready()
-                log(f"[serving] {method} c={concurrency}: server up after "
-                    f"{time.monotonic() - started:.0f} s")
+                check_kv_pool(server, method)
+            log(f"[serving] c={concurrency}: {len(servers)} servers up after "
+                f"{time.monotonic() - started:.0f} s")
+            for method, server in servers.items():
                 runs.extend(run_workloads(server, method, concurrency, args, data, log))
                 server.stop()
         finally:
