@@ -26,6 +26,10 @@ CPU_LAUNCHER = "graft_sglang.cpu.launch_server"
 GPU_LAUNCHER = "sglang.launch_server"
 
 
+PORT_TAKEN = b"error while attempting to bind on address"
+PORT_RETRIES = 3
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now."""
     with socket.socket() as sock:
@@ -72,11 +76,30 @@ class ServerProcess:
         self._deadline = time.monotonic() + self.startup_timeout
         return self
 
+    def _port_taken(self) -> bool:
+        """Whether the HTTP server found its port taken (by another process that bound it
+        between ``free_port`` and the server's bind, e.g. a neighbour server's own ports)."""
+        try:
+            with open(self.log_path, "rb") as log:
+                return PORT_TAKEN in log.read()
+        except OSError:
+            return False
+
     def wait_ready(self) -> ServerProcess:
-        """Wait until ``/health`` answers 200. Raises ``ServerError`` (and ends the server) if
-        it exits or the start-up timeout passes."""
+        """Wait until ``/health`` answers 200; a server whose port was taken meanwhile is
+        restarted on a new one (up to ``PORT_RETRIES`` times, each with a fresh start-up
+        timeout). Raises ``ServerError`` (and ends the server) if it exits or the start-up
+        timeout passes."""
         assert self.process is not None, "spawn() first"
+        retries = PORT_RETRIES
         while time.monotonic() < self._deadline:
+            if retries and self._port_taken():
+                retries -= 1
+                self.stop()
+                self.port = free_port()
+                self.args[self.args.index("--port") + 1] = str(self.port)
+                self.spawn()
+                continue
             if self.process.poll() is not None:
                 raise ServerError(f"the server exited with code {self.process.returncode}"
                                   f"\n{self.log_tail()}")
